@@ -1,0 +1,255 @@
+"""The ``rakuten`` command. Argument parsing and printing only; the work happens in the library modules.
+
+``rakuten pipeline``, ``serve``, ``deploy`` and ``rollback`` are forwarded to the adapter packages, imported only
+when asked for, so the core never imports kfp or kserve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rakuten_mm.errors import RakutenError
+
+# Sub-commands owned by adapter packages: name → module whose ``main(argv)`` handles it.
+FORWARDED = {"pipeline": "pipelines.cli", "serve": "serving.cli", "deploy": "pipelines.deploy_cli",
+             "rollback": "pipelines.deploy_cli"}
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--on-bad-rows", choices=("fail", "drop"), default="fail",
+                        help="fail on rows that do not validate (default) or drop them and list them")
+    parser.add_argument("--on-missing-image", choices=("fail", "text-only"), default="fail",
+                        help="fail on rows without an image (default) or keep them for the text model only")
+
+
+def data_options(args: argparse.Namespace) -> Any:
+    from rakuten_mm.data import DataOptions
+
+    return DataOptions(on_bad_rows=args.on_bad_rows, on_missing_image=args.on_missing_image)
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    from rakuten_mm.config import TrainConfig
+
+    d = TrainConfig()
+    parser.add_argument("--epochs-text", type=int, default=d.epochs_text)
+    parser.add_argument("--epochs-image", type=int, default=d.epochs_image)
+    parser.add_argument("--image-size", type=int, default=d.image_size)
+    parser.add_argument("--image-weights", default=d.image_weights,
+                        help="imagenet (torchvision weights), none (random init) or PATH_OR_URI of a VGG16 state_dict")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--members", default=",".join(d.members), help="ensemble members, from: text,image")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--no-feature-cache", action="store_true",
+                        help="run VGG16 on every epoch with augmentation instead of caching its features")
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    from rakuten_mm.config import TrainConfig
+
+    return TrainConfig(epochs_text=args.epochs_text, epochs_image=args.epochs_image, image_size=args.image_size,
+                       image_weights=args.image_weights, device=args.device, seed=args.seed,
+                       members=tuple(m.strip() for m in args.members.split(",") if m.strip()),
+                       batch_size=args.batch_size, feature_cache=not args.no_feature_cache)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rakuten", description="Rakuten product classifier")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate or validate data").add_subparsers(dest="data_command",
+                                                                                  required=True)
+    synth = data.add_parser("synth", help="write synthetic data in the challenge layout")
+    synth.add_argument("out")
+    synth.add_argument("--products", type=int, default=600)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-size", type=int, default=64)
+    validate = data.add_parser("validate", help="check a dataset and report bad rows")
+    validate.add_argument("data")
+    add_data_options(validate)
+
+    train = sub.add_parser("train", help="train LSTM + VGG16 + ensemble and write a bundle")
+    train.add_argument("data")
+    train.add_argument("--out", required=True, help="bundle directory or s3:// URI")
+    add_train_options(train)
+    add_data_options(train)
+    train.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    train.add_argument("--experiment", default="rakuten", help="MLflow experiment name")
+
+    evaluate = sub.add_parser("evaluate", help="score a bundle on labelled data")
+    evaluate.add_argument("bundle")
+    evaluate.add_argument("data")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default=None,
+                          help="score only the rows the bundle recorded in this split (default: every row)")
+    evaluate.add_argument("--report-dir", default=None, help="where to write confusion matrices (CSV + PNG)")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_data_options(evaluate)
+
+    predict = sub.add_parser("predict", help="predict the test split (X_test_update.csv + image_test)")
+    predict.add_argument("bundle")
+    predict.add_argument("data")
+    predict.add_argument("--out", required=True, help="predictions CSV")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_data_options(predict)
+
+    for name in FORWARDED:
+        sub.add_parser(name, help=f"see 'rakuten {name} --help'", add_help=False)
+    return parser
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from rakuten_mm.synth import generate
+
+    summary = generate(args.out, products=args.products, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {summary.train_rows} labelled + {summary.test_rows} test products to {summary.root}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from rakuten_mm import storage
+    from rakuten_mm.data import X_TEST_NAMES, load_labelled, load_unlabelled
+
+    options = data_options(args)
+    with storage.local_copy(args.data) as root:
+        print(load_labelled(root, options).report.summary())
+        if any((root / n).is_file() for n in X_TEST_NAMES):
+            print(load_unlabelled(root, options).report.summary())
+    print("ok")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rakuten_mm.training import train
+
+    cfg = train_config(args)
+    tracker = None
+    if not args.no_tracking:
+        from rakuten_mm.tracking import Tracker, TrackingConfig
+
+        tracker = Tracker.start(TrackingConfig.from_env(experiment=args.experiment), run_name="train")
+        tracker.params({**cfg.to_json(), "data": args.data, "out": args.out})
+
+    def log(prefix: str, record: dict[str, float], step: int | None) -> None:
+        if tracker:
+            tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, step=step, prefix=prefix)
+
+    try:
+        result = train(args.data, args.out, cfg, data_options(args), log=log)
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+    test = result.metrics["test"]
+    if tracker:
+        _log_final(tracker, result.bundle_uri, result.metrics)
+    print(f"bundle: {result.bundle_uri}")
+    print(f"ensemble weights: {result.metrics['weights']}")
+    print(_metrics_line("held-out test", test))
+    return 0
+
+
+def _log_final(tracker: Any, bundle_uri: str, metrics: dict[str, Any]) -> None:
+    import tempfile
+
+    import numpy as np
+
+    from rakuten_mm import storage
+    from rakuten_mm.evaluation import write_confusion
+    from rakuten_mm.labels import LabelMap
+
+    for split in ("val", "test"):
+        tracker.metrics({k: metrics[split][k] for k in ("weighted_f1", "macro_f1", "accuracy")}, prefix=f"{split}_")
+        for name, member in metrics[split]["members"].items():
+            tracker.metrics({k: member[k] for k in ("weighted_f1", "macro_f1", "accuracy")},
+                            prefix=f"{split}_{name}_")
+    tracker.params({"ensemble_weights": json.dumps(metrics["weights"]), "data_version": metrics["data_version"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = LabelMap.from_json(metrics["labels"])
+        tracker.artifact(write_confusion(np.array(metrics["test"]["confusion"]), labels, Path(tmp),
+                                         title="Confusion matrix (held-out test split)")[1], "reports")
+    with storage.local_copy(bundle_uri) as root:
+        tracker.artifact(root, "bundle")
+    tracker.finish()
+
+
+def _metrics_line(title: str, m: dict[str, Any]) -> str:
+    parts = [f"{title}: weighted F1 {m['weighted_f1']:.4f}, macro F1 {m['macro_f1']:.4f}, "
+             f"accuracy {m['accuracy']:.4f} ({m['rows']} rows)"]
+    for name, member in m.get("members", {}).items():
+        parts.append(f"  {name:>5}: weighted F1 {member['weighted_f1']:.4f}, macro F1 {member['macro_f1']:.4f}, "
+                     f"accuracy {member['accuracy']:.4f} ({member['rows']} rows)")
+    return "\n".join(parts)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rakuten_mm import storage
+    from rakuten_mm.bundle import load_bundle
+    from rakuten_mm.config import resolve_device
+    from rakuten_mm.data import load_labelled
+    from rakuten_mm.inference import evaluate_rows
+    from rakuten_mm.training import dataset_for
+
+    model = load_bundle(args.bundle, resolve_device(args.device))
+    with storage.local_copy(args.data) as root:
+        dataset = load_labelled(root, data_options(args), allowed_codes=model.labels.codes)
+        rows = dataset_for(model.splits, dataset, args.split)
+        report_dir = Path(args.report_dir) if args.report_dir else None
+        result = evaluate_rows(model, rows, root, report_dir)
+    result["split"] = args.split or "all"
+    result["data_version"] = dataset.version
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(_metrics_line(f"{result['split']} rows", result))
+        if report_dir:
+            print(f"confusion matrices: {report_dir}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rakuten_mm import storage
+    from rakuten_mm.bundle import load_bundle
+    from rakuten_mm.config import resolve_device
+    from rakuten_mm.data import load_unlabelled
+    from rakuten_mm.inference import predict_rows, predictions_frame, write_csv_atomic
+
+    model = load_bundle(args.bundle, resolve_device(args.device))
+    with storage.local_copy(args.data) as root:
+        dataset = load_unlabelled(root, data_options(args))
+        probs, _, _ = predict_rows(model, dataset.frame, root)
+    out = write_csv_atomic(predictions_frame(model, dataset.frame, probs), Path(args.out))
+    print(f"wrote {len(probs)} predictions to {out}")
+    return 0
+
+
+COMMANDS = {"synth": cmd_synth, "validate": cmd_validate, "train": cmd_train, "evaluate": cmd_evaluate,
+            "predict": cmd_predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in FORWARDED:
+            module = importlib.import_module(FORWARDED[argv[0]])
+            return int(module.main(argv) or 0)
+        args = build_parser().parse_args(argv)
+        name = args.data_command if args.command == "data" else args.command
+        return COMMANDS[name](args)
+    except RakutenError as exc:
+        # One line per user error (no traceback); multi-line reports are folded.
+        print(f"error: {' | '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Batch evaluation and prediction over a dataset with a loaded bundle (the same calls serving makes)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rakuten_mm.bundle import Classifier
+from rakuten_mm.ensemble import combine
+from rakuten_mm.evaluation import confusion, score, write_confusion
+
+
+def predict_rows(model: Classifier, rows: pd.DataFrame, root: Path, batch_size: int = 32,
+                 desc: str = "predict") -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rows (designation, description, image path) → ensemble probs, member probs, member presence masks."""
+    ens, probs, present = [], [], []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=None):
+        chunk = rows.iloc[start:start + batch_size]
+        ids = model.pre.encode_text(chunk["designation"].tolist(), chunk["description"].tolist())
+        blobs = [(root / p).read_bytes() if p else None for p in chunk["image"]]
+        images, mask = model.pre.encode_images(blobs)
+        p, m = model.member_probs(ids, images, mask)
+        ens.append(combine(p, model.weights, m))
+        probs.append(p)
+        present.append(m)
+    names = list(probs[0]) if probs else []
+    n_classes = len(model.labels)
+    return (np.concatenate(ens) if ens else np.zeros((0, n_classes), np.float32),
+            {k: np.concatenate([p[k] for p in probs]) for k in names},
+            {k: np.concatenate([m[k] for m in present]) for k in names})
+
+
+def evaluate_rows(model: Classifier, rows: pd.DataFrame, root: Path, report_dir: Path | None = None
+                  ) -> dict[str, Any]:
+    """Scores of the ensemble and of each member (on the rows it is present for); writes confusion matrices."""
+    labels = model.labels
+    y = np.array([labels.index_of(c) for c in rows["prdtypecode"]], dtype=np.int64)
+    ens, probs, present = predict_rows(model, rows, root, desc="evaluate")
+    result = score(y, ens, labels)
+    result["members"] = {name: score(y[present[name]], probs[name][present[name]], labels) for name in probs}
+    if report_dir is not None:
+        csv, png = write_confusion(confusion(y, ens, labels), labels, report_dir)
+        result["confusion_matrix"] = {"csv": str(csv), "png": str(png)}
+        for name in probs:
+            write_confusion(confusion(y[present[name]], probs[name][present[name]], labels), labels, report_dir,
+                            stem=f"confusion_matrix_{name}", title=f"Confusion matrix ({name} member)")
+    return result
+
+
+def predictions_frame(model: Classifier, rows: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """One row per product: the original index, productid, imageid, predicted code, category and probability."""
+    labels = model.labels
+    best = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    return pd.DataFrame({
+        "productid": rows["productid"].to_numpy(),
+        "imageid": rows["imageid"].to_numpy(),
+        "prdtypecode": [labels.codes[i] for i in best],
+        "category": [labels.names[i] for i in best],
+        "probability": probs[np.arange(len(best)), best] if len(best) else [],
+    }, index=rows.index)
+
+
+def write_csv_atomic(frame: pd.DataFrame, out: Path) -> Path:
+    """Write a CSV next to ``out`` and rename it into place, so a crash never leaves half a file."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            frame.to_csv(fh)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
