@@ -133,7 +133,7 @@ def _check_image(path: Path) -> str | None:
 def _int_column(frame: pd.DataFrame, column: str, problems: list[tuple[object, str]]) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce")
     for idx in frame.index[values.isna() | (values % 1 != 0)]:
-        problems.append((idx, f"bad {column}: {frame.at[idx, column]!r} is not an integer"))
+        problems.append((idx, f"bad {column}: '{frame.at[idx, column]}' is not an integer"))
     return values
 
 
@@ -152,7 +152,7 @@ def _validate(frame: pd.DataFrame, root: Path, image_dir: Path | None, options: 
     if allowed_codes is not None:
         codes = pd.to_numeric(frame["prdtypecode"], errors="coerce")
         for idx in frame.index[codes.isna() | ~codes.isin(allowed_codes)]:
-            problems.append((idx, f"unknown prdtypecode: {frame.at[idx, 'prdtypecode']!r} is not one of the "
+            problems.append((idx, f"unknown prdtypecode: {frame.at[idx, 'prdtypecode']} is not one of the "
                                   f"{len(allowed_codes)} known codes"))
     images: list[str] = []
     missing: list[object] = []

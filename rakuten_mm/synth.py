@@ -213,7 +213,7 @@ def _class_counts(train_rows: int) -> dict[int, int]:
     order = sorted(range(len(codes)), key=lambda i: (-(share[i] - counts[i]), i))
     for i in order[: spare - int(counts.sum())]:
         counts[i] += 1
-    return {c: int(n) + MIN_TRAIN_PER_CLASS for c, n in zip(codes, counts)}
+    return {c: int(n) + MIN_TRAIN_PER_CLASS for c, n in zip(codes, counts, strict=True)}
 
 
 def _pick(rng: np.random.Generator, seq: Sequence[str]) -> str:
@@ -385,12 +385,15 @@ def generate(out: Path | str, products: int = 600, seed: int = 0, image_size: in
     labels = np.concatenate([train_labels, test_labels])
 
     # One draw decides which modality (if any) is misleading for a row, so text and image fail on different rows.
-    u = rng.random(products)
-    text_other = [_pick_code(rng, _RELATED[int(c)]) if x < TEXT_CONFUSION else None for c, x in zip(labels, u)]
-    image_other = [_pick_code(rng, _RELATED[int(c)]) if TEXT_CONFUSION <= x < TEXT_CONFUSION + IMAGE_CONFUSION
-                   else None for c, x in zip(labels, u)]
-    designation = [_title(rng, int(c), o) for c, o in zip(labels, text_other)]
-    description = [_description(rng, int(c), o) for c, o in zip(labels, text_other)]
+    text_other: list[int | None] = [None] * products
+    image_other: list[int | None] = [None] * products
+    for i, (code, u) in enumerate(zip(labels, rng.random(products), strict=True)):
+        if u < TEXT_CONFUSION:
+            text_other[i] = _pick_code(rng, _RELATED[int(code)])
+        elif u < TEXT_CONFUSION + IMAGE_CONFUSION:
+            image_other[i] = _pick_code(rng, _RELATED[int(code)])
+    designation = [_title(rng, int(c), o) for c, o in zip(labels, text_other, strict=True)]
+    description = [_description(rng, int(c), o) for c, o in zip(labels, text_other, strict=True)]
     productid = _unique_ids(rng, products, 100_000_000, 4_300_000_000)
     imageid = _unique_ids(rng, products, 900_000_000, 1_400_000_000)
 
@@ -416,7 +419,7 @@ def generate(out: Path | str, products: int = 600, seed: int = 0, image_size: in
         for i in tqdm(range(products), desc="synth images", unit="img", disable=None):
             sub = "image_train" if i < n_train else "image_test"
             code = image_other[i] if image_other[i] is not None else int(labels[i])
-            # A per-image generator keeps each image stable even if the text generation above changes.
+            # A per-image generator keeps the pixels independent of how much randomness the text above consumed.
             image_rng = np.random.default_rng([seed, 1, i])
             path = tmp / "images" / sub / f"image_{imageid[i]}_product_{productid[i]}.jpg"
             _draw_image(image_rng, patterns[code], image_size, path)

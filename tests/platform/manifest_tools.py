@@ -11,6 +11,11 @@ writes, for every kustomization in KUSTOMIZATIONS:
                                annotations, so that kubernetes-validate and checkov see the pod specs
                                that KServe will create (checkov does not look inside custom resources)
 and OUT_DIR/standalone-<file> for every file in STANDALONE.
+
+    python tests/platform/manifest_tools.py check-isvc CRD_YAML FILE...
+
+validates every InferenceService in FILE... against CRD_YAML's schema made strict (strict_crd_schema);
+exit 1 on any error. Needs jsonschema.
 """
 
 from __future__ import annotations
@@ -214,17 +219,51 @@ def render_all(out_dir: Path) -> list[Path]:
     return written
 
 
+def load_crd(path: str | Path) -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is ~2 MB: the C loader is 5x faster
+    with Path(path).open(encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
+
+
+def isvc_validator(crd: dict[str, Any], version: str = "v1beta1") -> Any:
+    import jsonschema
+
+    schema = strict_crd_schema(crd, version)
+    return jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)(schema)
+
+
+def schema_errors(validator: Any, doc: dict[str, Any]) -> list[str]:
+    return sorted(
+        f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in validator.iter_errors(doc)
+    )
+
+
+def check_isvc(crd_path: str, files: list[str]) -> int:
+    validator = isvc_validator(load_crd(crd_path))
+    failures = 0
+    for file in files:
+        for doc in load_file(file):
+            if not is_isvc(doc):
+                continue
+            errors = schema_errors(validator, doc)
+            failures += bool(errors)
+            for error in errors:
+                print(f"ERROR {file} {doc['kind']}/{doc['metadata']['name']}: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "render":
-        print("usage: manifest_tools.py render OUT_DIR", file=sys.stderr)
-        return 2
     try:
-        for path in render_all(Path(argv[1])):
-            print(path)
+        if len(argv) == 2 and argv[0] == "render":
+            render_all(Path(argv[1]))
+            return 0
+        if len(argv) >= 3 and argv[0] == "check-isvc":
+            return check_isvc(argv[1], argv[2:])
     except (ToolMissing, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    print("usage: manifest_tools.py render OUT_DIR | check-isvc CRD_YAML FILE...", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 pytestmark = pytest.mark.platform
 
@@ -68,14 +67,8 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 def crd_validator():
     if not CRD_PATH.is_file():
         pytest.skip(f"KServe CRD schema not found at {CRD_PATH} (it lives in the shared/ folder beside the repo)")
-    import jsonschema
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with CRD_PATH.open(encoding="utf-8") as fh:
-        crd = yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
-    schema = mt.strict_crd_schema(crd, "v1beta1")
-    validator_cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-    return validator_cls(schema)
+    pytest.importorskip("jsonschema")
+    return mt.isvc_validator(mt.load_crd(CRD_PATH), "v1beta1")
 
 
 def _isvcs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -89,9 +82,7 @@ def _the_isvc(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _errors(validator, doc: dict[str, Any]) -> list[str]:
-    return sorted(
-        f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in validator.iter_errors(doc)
-    )
+    return mt.schema_errors(validator, doc)
 
 
 def _pointer(doc: Any, pointer: str) -> Any:

@@ -1,0 +1,51 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create the virtualenv when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STATE ?= $(CURDIR)/.state
+DEMO ?= $(CURDIR)/.demo
+DEMO_PRODUCTS ?= 800
+DEMO_IMAGE_SIZE ?= 64
+PYTEST_ARGS ?=
+export RAKUTEN_STATE_DIR := $(STATE)
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: venv lint test test-fast demo compile serve bench images clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy rakuten_mm
+	bash scripts/lint_platform.sh
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(BIN)/rakuten data synth $(DEMO)/data --products $(DEMO_PRODUCTS) --seed 0 --image-size $(DEMO_IMAGE_SIZE)
+	$(BIN)/rakuten data validate $(DEMO)/data
+	$(BIN)/rakuten train $(DEMO)/data --out $(DEMO)/bundle --image-size $(DEMO_IMAGE_SIZE) --image-weights none \
+		--epochs-text 8 --epochs-image 10
+	$(BIN)/rakuten evaluate $(DEMO)/bundle $(DEMO)/data --split test --report-dir $(DEMO)/report
+	$(BIN)/rakuten predict $(DEMO)/bundle $(DEMO)/data --out $(DEMO)/predictions.csv
+	@echo "bundle: $(DEMO)/bundle  predictions: $(DEMO)/predictions.csv  confusion matrices: $(DEMO)/report"
+	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STATE)/mlflow.db"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/core_bench.py
+
+clean:
+	rm -rf $(DEMO) $(STATE) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""synth → train → evaluate → predict through the installed ``rakuten`` command, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+RAKUTEN = str(Path(sys.executable).parent / "rakuten")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([RAKUTEN, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rakuten {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow")
+    data, bundle = root / "data", root / "bundle"
+    run("data", "synth", str(data), "--products", "200", "--seed", "1", "--image-size", "32")
+    trained = run("train", str(data), "--out", str(bundle), "--epochs-text", "3", "--epochs-image", "3",
+                  "--image-size", "32", "--image-weights", "none")
+    return root, data, bundle, trained
+
+
+def test_train_prints_bundle_and_scores(flow):
+    _, _, bundle, trained = flow
+    assert f"bundle: {bundle}" in trained.stdout
+    assert "held-out test: weighted F1" in trained.stdout
+    assert (bundle / "manifest.json").is_file()
+
+
+def test_train_logged_to_mlflow(flow):
+    from mlflow.tracking import MlflowClient
+
+    from rakuten_mm.tracking import TrackingConfig
+
+    cfg = TrackingConfig.from_env()
+    client = MlflowClient(cfg.uri)
+    experiment = client.get_experiment_by_name("rakuten")
+    runs = client.search_runs([experiment.experiment_id])
+    run_ = next(r for r in runs if r.data.params.get("out") == str(flow[2]))
+    assert run_.info.status == "FINISHED"
+    assert {"test_weighted_f1", "test_text_weighted_f1", "text_val_weighted_f1"} <= set(run_.data.metrics)
+    history = client.get_metric_history(run_.info.run_id, "text_train_loss")
+    assert [m.step for m in history] == [1, 2, 3][: len(history)] and len(history) >= 2
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert {"bundle", "reports"} <= artifacts
+    bundle_files = {Path(a.path).name for a in client.list_artifacts(run_.info.run_id, "bundle")}
+    assert "manifest.json" in bundle_files
+
+
+def test_evaluate_json_has_the_contract_keys(flow, tmp_path):
+    _, data, bundle, _ = flow
+    out = run("evaluate", str(bundle), str(data), "--json", "--report-dir", str(tmp_path))
+    result = json.loads(out.stdout)
+    for key in ("weighted_f1", "macro_f1", "accuracy", "per_class"):
+        assert key in result
+    for member in ("text", "image"):
+        assert {"weighted_f1", "macro_f1", "accuracy"} <= set(result["members"][member])
+    assert result["rows"] == len(pd.read_csv(data / "Y_train_CVw08PX.csv"))
+    assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "confusion_matrix_text.csv").is_file()
+    test_only = json.loads(run("evaluate", str(bundle), str(data), "--json", "--split", "test").stdout)
+    splits = json.loads((bundle / "splits.json").read_text())
+    assert test_only["rows"] == len(splits["test"])
+
+
+def test_predict_writes_one_row_per_test_product(flow):
+    root, data, bundle, _ = flow
+    out = root / "predictions.csv"
+    run("predict", str(bundle), str(data), "--out", str(out))
+    preds = pd.read_csv(out, index_col=0)
+    test = pd.read_csv(data / "X_test_update.csv", index_col=0)
+    assert preds.index.equals(test.index)
+    assert list(preds.columns) == ["productid", "imageid", "prdtypecode", "category", "probability"]
+    assert preds["probability"].between(0, 1).all()
+    from rakuten_mm.labels import KNOWN_CODES
+
+    assert preds["prdtypecode"].isin(KNOWN_CODES).all()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "{missing}", "--out", "{tmp}/b", "--image-weights", "none"], "no such directory"),
+    (["train", "{data}", "--out", "{tmp}/b", "--image-weights", "imagenet", "--epochs-text", "1"],
+     "Allowed --image-weights: imagenet"),
+    (["train", "{data}", "--out", "{tmp}/b", "--members", "text,audio"], "members must be distinct names"),
+    (["evaluate", "{tmp}", "{data}"], "manifest.json is missing"),
+    (["data", "synth", "{tmp}/s", "--products", "5"], "products must be"),
+])
+def test_user_errors_are_one_line_without_traceback(flow, tmp_path, args, message, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached ImageNet weights
+    _, data, _, _ = flow
+    argv = [a.format(missing=tmp_path / "nope", tmp=tmp_path, data=data) for a in args]
+    proc = run(*argv, check=False)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists()  # nothing half-written
