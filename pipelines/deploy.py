@@ -117,7 +117,10 @@ def deploy(
     :func:`rollback` would restore. Raises ``ConfigError`` for bad arguments (before any request),
     ``DeployError`` when the API refuses, ``DeployTimeout`` when the service is not Ready in ``timeout_s``.
     """
-    check_arguments(name, namespace, timeout_s, poll_s, bundle_uri=bundle_uri, canary_percent=canary_percent)
+    if isinstance(canary_percent, float) and canary_percent in range(101):
+        canary_percent = int(canary_percent)  # KFP can hand numeric parameters over as floats
+    _check_bundle_uri(bundle_uri)
+    check_arguments(name, namespace, timeout_s, poll_s, canary_percent=canary_percent)
     if manifest is not None:
         _check_manifest(manifest)
     if image is not None and (not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image)):
@@ -132,6 +135,9 @@ def deploy(
                 action, previous, effective_canary = "created", None, 0  # a first revision gets all traffic
                 written = isvcs.create(body)  # None: someone created it since our GET -> patch theirs
             else:
+                if image is not None or manifest is not None:
+                    logger.warning("%s/%s exists: only its bundle and canary split change (image and manifest "
+                                   "are used when creating it)", namespace, name)
                 patch, previous = rollout_patch(current, bundle_uri, canary_percent)
                 action, effective_canary = "patched", canary_percent if 0 < canary_percent < 100 else 0
                 written = isvcs.patch(patch)  # None: it changed since our GET -> read it again

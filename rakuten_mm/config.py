@@ -25,7 +25,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     members: tuple[str, ...] = MEMBERS
-    batch_size: int = 64
+    batch_size: int = 32
     # Frozen VGG16 base: its features are computed once per split and only the head trains on them.
     feature_cache: bool = True
     val_fraction: float = 0.15

@@ -48,7 +48,7 @@ def predict_proba(model: nn.Module, inputs: torch.Tensor, device: torch.device, 
 
 def fit(model: nn.Module, train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray, *,
         num_classes: int, epochs: int, device: torch.device, seed: int, batch_size: int = 64, lr: float = 2e-3,
-        patience: int = 3, name: str = "model", on_epoch: EpochCallback | None = None,
+        patience: int = 5, name: str = "model", on_epoch: EpochCallback | None = None,
         forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
         train_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> FitResult:
     """Train ``model`` in place; ``forward``/``train_forward`` map an input batch to logits (default ``model(x)``)."""

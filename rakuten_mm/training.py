@@ -111,7 +111,7 @@ def train_text(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: Ep
     model = TextClassifier(model_cfg)
     y = {s: _targets(prepared.rows(s), labels) for s in SPLITS}
     result = fit(model, ids["train"], y["train"], ids["val"], y["val"], num_classes=len(labels),
-                 epochs=cfg.epochs_text, device=device, seed=cfg.seed, batch_size=cfg.batch_size, name="text",
+                 epochs=cfg.epochs_text, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=5e-3, name="text",
                  on_epoch=on_epoch)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.cpu().state_dict(), out_dir / "text_model.pt")

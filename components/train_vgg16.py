@@ -1,0 +1,21 @@
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import component
+
+
+@component
+def train_vgg16(
+    dataset: Input[Dataset],
+    train_config: str,
+    mlflow_run_id: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train the image member: a new head on the frozen VGG16 base, early-stopped on validation weighted F1."""
+    from rakuten_mm import steps
+
+    steps.train_member("image", dataset.path, model.path, train_config=train_config, mlflow_run_id=mlflow_run_id,
+                       tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
+                       log_metric=metrics.log_metric, metadata=model.metadata)

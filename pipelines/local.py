@@ -1,0 +1,169 @@
+"""Run the training pipeline on this machine with ``kfp.local`` (no cluster): the embedded default.
+
+The graph is :func:`pipelines.training.build`'s, the one compiled into ``training.yaml``; every step runs as a
+subprocess of the current interpreter (``SubprocessRunner(use_venv=False)``), so the components' imports resolve
+in this virtualenv. Resources, accelerators, node selectors and Secrets are ignored locally. Retries are not (kfp
+2.17 honours them, back-off included), so the local graph is built without them: here a failed step is a bug or a
+user error, which a retry 60 s later would only repeat. ``deploy`` is always False here (no cluster).
+
+Where things go (all under :func:`rakuten_mm.config.state_dir`, ``RAKUTEN_STATE_DIR``):
+- ``pipelines/runs/``: the pipeline root, one directory per run with every step's artifacts (dataset split,
+  member models, bundle, metrics, the HTML report); kept, like a Kubeflow artifact store.
+- MLflow: the sqlite store and artifacts of :class:`rakuten_mm.tracking.TrackingConfig` (unless a tracking URI is
+  given), shared by all steps.
+- A scratch directory per run, used as ``TMPDIR`` by the steps (kfp's ``mktemp -d`` program dirs, the workspace)
+  and removed afterwards, so no ``/tmp/tmp.*`` directories are left behind.
+
+A failing step stops the run. When it failed on a user error (:class:`rakuten_mm.errors.RakutenError`: bad data,
+bad option...), that error is raised again here with the step's message (for bad data: the validation report),
+so ``rakuten`` prints it as one line; any other failure raises :class:`PipelineFailed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from rakuten_mm import errors, storage
+from rakuten_mm.config import TrainConfig, state_dir
+from rakuten_mm.data import DataOptions
+from rakuten_mm.registry import MODEL_NAME, check_min_improvement
+from rakuten_mm.tracking import EXPERIMENT
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class PipelineFailed(RuntimeError):
+    """A step failed on something other than a user error (a bug, an out-of-memory kill...)."""
+
+
+def pipeline_arguments(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOptions = DataOptions(),
+                       tracking_uri: str | None = None, experiment: str = EXPERIMENT, min_improvement: float = 0.0,
+                       registered_model: str = MODEL_NAME) -> dict[str, Any]:
+    """The pipeline's parameters for one training run (also what ``rakuten pipeline submit`` sends)."""
+    return {
+        "data_uri": data_uri, "bundle_uri": out_uri, "epochs_text": cfg.epochs_text,
+        "epochs_image": cfg.epochs_image, "image_size": cfg.image_size, "image_weights": cfg.image_weights,
+        "seed": cfg.seed, "device": cfg.device, "members": ",".join(cfg.members), "batch_size": cfg.batch_size,
+        "feature_cache": cfg.feature_cache, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+        "max_tokens": cfg.max_tokens, "ensemble_step": cfg.ensemble_step, "on_bad_rows": options.on_bad_rows,
+        "on_missing_image": options.on_missing_image, "mlflow_tracking_uri": tracking_uri or "",
+        "mlflow_experiment": experiment, "min_improvement": check_min_improvement(min_improvement),
+        "registered_model": registered_model,
+    }
+
+
+def _absolute(uri: str) -> str:
+    return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, echo: TextIO | None) -> None:
+        self.echo, self.buffer = echo, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.buffer.write(text)
+        if self.echo is not None:
+            self.echo.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.echo is not None:
+            self.echo.flush()
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def step_error(log: str, failure: RuntimeError) -> Exception:
+    """The error a failed run should raise, from the failed step's traceback in ``log`` (the steps' output).
+
+    The last ``Traceback`` block ends with the exception line (``module.Type: message``) and the message's
+    continuation lines; a :class:`RakutenError` type is rebuilt with that message.
+    """
+    lines = _ANSI.sub("", log).splitlines()
+    summary = _ANSI.sub("", str(failure))
+    starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("Traceback (most recent call last):")]
+    if not starts:
+        return PipelineFailed(summary)
+    indent = len(lines[starts[-1]]) - len(lines[starts[-1]].lstrip())  # kfp indents the steps' output
+    tail = [line[indent:] for line in lines[starts[-1] + 1:]]
+    first = next((i for i, line in enumerate(tail) if line and not line[0].isspace()), None)
+    if first is None:
+        return PipelineFailed(summary)
+    message_lines = []
+    for line in tail[first:]:
+        if not line.strip() or line.startswith("[KFP Executor"):
+            break
+        message_lines.append(line)
+    kind, _, message = "\n".join(message_lines).partition(": ")
+    module, _, name = kind.rpartition(".")
+    error_type = getattr(errors, name, None) if module == errors.__name__ else None
+    if isinstance(error_type, type) and issubclass(error_type, errors.RakutenError):
+        return error_type(message)
+    return PipelineFailed(f"{summary} {message_lines[0] if message_lines else ''}".strip())
+
+
+def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOptions = DataOptions(),
+              tracking_uri: str | None = None, experiment: str = EXPERIMENT, min_improvement: float = 0.0, *,
+              registered_model: str = MODEL_NAME, quiet: bool = False) -> dict[str, Any]:
+    """Run the pipeline locally; return the bundle's metrics plus ``bundle_uri``, ``gate``, ``mlflow_run_id``,
+    ``report`` (the HTML report's path) and ``run_dir`` (the run's artifacts). ``quiet``: do not echo step logs."""
+    from kfp import local
+
+    from pipelines.training import ClusterSettings, build
+
+    arguments = pipeline_arguments(_absolute(data_uri), _absolute(out_uri), cfg, options, tracking_uri, experiment,
+                                   min_improvement, registered_model)
+    root = state_dir() / "pipelines"
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    tempfile.gettempdir()  # pin this process's own temp dir before TMPDIR changes for the steps
+    scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=root))
+    (scratch / "workspace").mkdir()
+    tee = _Tee(None if quiet else sys.stdout)
+    try:
+        with _environ(TMPDIR=str(scratch), MLFLOW_DISABLE_TELEMETRY="true"), contextlib.redirect_stdout(tee), \
+                warnings.catch_warnings():
+            # The project image's name does not contain "python"; kfp warns about that for every step.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+            # Resources and accelerators are for the cluster; kfp.local says so for every step.
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "runs"),
+                       workspace_root=str(scratch / "workspace"), raise_on_error=True)
+            try:
+                task = build(ClusterSettings(retries=0))(**arguments)
+            except RuntimeError as exc:
+                raise step_error(tee.buffer.getvalue(), exc) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    out = task.outputs
+    bundle_dir = Path(out["bundle"].path)
+    metrics: dict[str, Any] = json.loads((bundle_dir / "metrics.json").read_text())
+    gate = {k: out[k] for k in ("promoted", "model_version", "decision", "challenger_val_weighted_f1",
+                                "champion_val_weighted_f1", "champion_version")}
+    gate["champion_version"] = gate["champion_version"] or None
+    if gate["champion_version"] is None:
+        gate["champion_val_weighted_f1"] = None
+    return {**metrics, "bundle_uri": out["bundle_uri"], "gate": gate, "mlflow_run_id": out["mlflow_run_id"],
+            "report": out["report"].path, "run_dir": str(bundle_dir.parents[1])}

@@ -1,0 +1,172 @@
+"""The pieces around the pipeline, without running it: the registry gate on a real sqlite MLflow store, the report,
+turning a failed step's log into the user's error, the run arguments and the CLI's output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines import local
+from pipelines.cli import main as cli_main
+from pipelines.local import PipelineFailed, pipeline_arguments, step_error
+from rakuten_mm import registry, steps
+from rakuten_mm.config import TrainConfig
+from rakuten_mm.data import DataOptions
+from rakuten_mm.errors import ConfigError, DataValidationError, ImageWeightsUnavailable
+from rakuten_mm.report import render_html
+from rakuten_mm.tracking import Tracker, TrackingConfig
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.unit]
+
+
+@pytest.mark.parametrize(("challenger", "champion", "margin", "promoted"), [
+    (0.10, None, 0.0, True),   # the first version always becomes champion
+    (0.50, 0.40, 0.0, True),
+    (0.40, 0.40, 0.0, False),  # a tie does not beat the champion
+    (0.44, 0.40, 0.05, False),
+    (0.46, 0.40, 0.05, True),
+    (0.30, 0.40, 0.0, False),
+])
+def test_gate_decision(challenger: float, champion: float | None, margin: float, promoted: bool) -> None:
+    decided, reason = registry.decide(challenger, champion, margin)
+    assert decided is promoted
+    assert f"{challenger:.4f}" in reason and (champion is None or f"{champion:.4f}" in reason)
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.5, float("nan")])
+def test_gate_margin_must_be_a_weighted_f1_difference(margin: float) -> None:
+    with pytest.raises(ConfigError, match="min_improvement must be a number between 0 and 1"):
+        registry.decide(0.5, 0.4, margin)
+
+
+def _bundle(root: Path, name: str) -> Path:
+    path = root / name
+    path.mkdir()
+    (path / "manifest.json").write_text(json.dumps({"name": name}))
+    return path
+
+
+def test_registry_moves_champion_only_past_the_margin(tmp_path: Path) -> None:
+    cfg = TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "gate", (tmp_path / "artifacts").as_uri())
+    decisions = []
+    for i, (score, margin) in enumerate([(0.50, 0.0), (0.50, 0.0), (0.58, 0.05), (0.60, 0.05)]):
+        tracker = Tracker.start(cfg, run_name=f"run-{i}")
+        decisions.append(registry.register_bundle(tracker, _bundle(tmp_path, f"b{i}"), score, margin,
+                                                  tags={"data_version": f"v{i}"}))
+    assert [(d.version, d.promoted, d.champion_version) for d in decisions] == [
+        ("1", True, None), ("2", False, "1"), ("3", True, "1"), ("4", False, "3")]
+    assert decisions[3].champion_score == pytest.approx(0.58)
+    assert registry.alias_version(cfg, registry.CHAMPION) == "3"
+    assert registry.alias_version(cfg, registry.CHALLENGER) == "4"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.uri, registry_uri=cfg.uri)
+    version = client.get_model_version(registry.MODEL_NAME, "4")
+    assert version.tags["gate"] == "not promoted" and version.tags["data_version"] == "v3"
+    assert [a.path for a in client.list_artifacts(version.run_id, "bundle")] == ["bundle/manifest.json"]
+    assert version.source.endswith("/artifacts/bundle")
+
+
+def test_alias_lookup_before_anything_was_registered(tmp_path: Path) -> None:
+    cfg = TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "gate", (tmp_path / "artifacts").as_uri())
+    assert registry.alias_version(cfg, registry.CHAMPION) is None
+
+
+def _scores(f1: float, members: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"weighted_f1": f1, "macro_f1": f1 / 2, "accuracy": f1, "rows": 10, "members": members or {}}
+
+
+def test_report_holds_every_section_and_escapes_text() -> None:
+    per_class = {"10": {"category": "Books <&>", "precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}}
+    metrics = {"val": _scores(0.8, {"text": _scores(0.7)}), "test": _scores(0.75), "weights": {"text": 0.6},
+               "data_version": "abc123"}
+    gate = registry.GateDecision("m", "3", False, 0.8, "2", 0.9, 0.01, "kept the champion: ...", "file:///x")
+    page = render_html(metrics=metrics, evaluation={**_scores(0.74), "per_class": per_class}, gate=gate.to_json(),
+                       context={"data": "s3://b/<data>"}, confusion_png=b"\x89PNG fake")
+    for needle in ("abc123", "0.6000", "0.9000", "kept the champion", "Books &lt;&amp;&gt;", "s3://b/&lt;data&gt;",
+                   "data:image/png;base64,iVBORyBmYWtl", "test (published bundle)"):
+        assert needle in page, needle
+    assert "<data>" not in page
+
+
+PREPROCESS_LOG = """\
+    [KFP Executor 2026-11-25 13:49:34,000 INFO]: Looking for component `preprocess`
+    Traceback (most recent call last):
+      File "<frozen runpy>", line 198, in _run_module_as_main
+      File "/work/main/rakuten_mm/data.py", line 200, in _validate
+        raise DataValidationError(report.summary() + "\\nfix the rows or pass --on-bad-rows drop", report)
+    rakuten_mm.errors.DataValidationError: /data: 96 rows
+    1 bad rows (missing image: 1); first: row 55: missing image
+    fix the rows or pass --on-bad-rows drop
+
+
+"""
+
+
+def test_a_steps_user_error_is_raised_again_with_its_message() -> None:
+    failure = RuntimeError("Pipeline \x1b[95m'rakuten-training'\x1b[0m finished with status FAILURE.")
+    error = step_error(PREPROCESS_LOG, failure)
+    assert isinstance(error, DataValidationError)
+    assert str(error) == ("/data: 96 rows\n1 bad rows (missing image: 1); first: row 55: missing image\n"
+                          "fix the rows or pass --on-bad-rows drop")
+    later = "Traceback (most recent call last):\n  File x\nrakuten_mm.errors.ImageWeightsUnavailable: no weights\n"
+    assert isinstance(step_error(later, failure), ImageWeightsUnavailable)
+
+
+def test_other_step_failures_say_which_task_and_what_broke() -> None:
+    failure = RuntimeError("Pipeline \x1b[95m'rakuten-training'\x1b[0m finished with status FAILURE. "
+                           "Inner task failed: \x1b[96m'evaluate'\x1b[0m.")
+    bug = "  Traceback (most recent call last):\n    File x\n  TypeError: object of type 'X' has no len()\n"
+    error = step_error(bug, failure)
+    assert type(error) is PipelineFailed
+    assert "'evaluate'" in str(error) and "TypeError: object of type 'X' has no len()" in str(error)
+    assert "\x1b" not in str(error)
+    assert type(step_error("killed", failure)) is PipelineFailed
+
+
+def test_run_arguments_cover_every_pipeline_parameter_but_deploy() -> None:
+    from pipelines.training import build
+
+    cfg = TrainConfig(epochs_text=3, members=("text",), feature_cache=False)
+    args = pipeline_arguments("s3://b/data", "s3://b/out", cfg, DataOptions(on_missing_image="text-only"))
+    params = set(build().component_spec.inputs)
+    assert set(args) == params - {"deploy", "canary_percent", "deploy_name", "deploy_namespace"}
+    assert args["members"] == "text" and args["feature_cache"] is False and args["epochs_text"] == 3
+    assert args["on_missing_image"] == "text-only" and args["mlflow_tracking_uri"] == ""
+    rebuilt = steps.load_train_config(steps.dump_train_config(cfg))
+    assert rebuilt == cfg
+    with pytest.raises(ConfigError, match="min_improvement"):
+        pipeline_arguments("d", "o", cfg, min_improvement=-1)
+
+
+def test_kfp_minio_artifact_uris_become_s3_uris() -> None:
+    assert steps.servable_uri("minio://mlpipeline/v2/artifacts/x/bundle") == "s3://mlpipeline/v2/artifacts/x/bundle"
+    assert steps.servable_uri("s3://b/k") == "s3://b/k" and steps.servable_uri("/local/dir") == "/local/dir"
+
+
+def test_cli_run_prints_bundle_scores_gate_and_report(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_run_local(data: str, out: str, cfg: TrainConfig, options: DataOptions, *args: Any,
+                       **kwargs: Any) -> dict[str, Any]:
+        seen.update(data=data, out=out, cfg=cfg, options=options, args=args, kwargs=kwargs)
+        return {"bundle_uri": out, "weights": {"text": 0.4, "image": 0.6}, "test": _scores(0.5),
+                "gate": {"model_version": "7", "decision": "kept the champion: ..."}, "report": "/r.html",
+                "mlflow_run_id": "abc"}
+
+    monkeypatch.setattr(local, "run_local", fake_run_local)
+    assert cli_main(["pipeline", "run", "data", "--out", "b", "--epochs-text", "2", "--image-weights", "none",
+                     "--min-improvement", "0.01", "--on-bad-rows", "drop"]) == 0
+    out = capsys.readouterr().out
+    assert "bundle: b" in out and "version 7; kept the champion" in out and "report: /r.html" in out
+    assert "weighted F1 0.5000" in out and "MLflow run: abc" in out
+    assert seen["cfg"].epochs_text == 2 and seen["options"].on_bad_rows == "drop" and 0.01 in seen["args"]
+
+
+def test_cli_submit_refuses_local_paths() -> None:
+    with pytest.raises(ConfigError, match="s3:// URI the cluster can read"):
+        cli_main(["pipeline", "submit", "./data", "--host", "http://127.0.0.1:9"])
