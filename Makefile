@@ -44,6 +44,20 @@ demo: $(STAMP)
 	@echo "bundle: $(DEMO)/bundle  predictions: $(DEMO)/predictions.csv  confusion matrices: $(DEMO)/report"
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STATE)/mlflow.db"
 
+# Regenerates the checked-in pipelines/training.yaml; PIPELINE_IMAGE=REF compiles against your pushed image.
+compile: $(STAMP)
+	$(BIN)/rakuten pipeline compile $(if $(PIPELINE_IMAGE),--image $(PIPELINE_IMAGE))
+
+# Build and push both images: make images IMAGE_REGISTRY=registry.example.com/rakuten [CONTAINER_TOOL=podman]
+IMAGE_REGISTRY ?= registry.example.com/rakuten
+CONTAINER_TOOL ?= docker
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	$(CONTAINER_TOOL) build -f images/pipeline.Dockerfile -t $(IMAGE_REGISTRY)/rakuten-pipeline:$(VERSION) .
+	$(CONTAINER_TOOL) build -f images/serving.Dockerfile -t $(IMAGE_REGISTRY)/rakuten-serving:$(VERSION) .
+	$(CONTAINER_TOOL) push $(IMAGE_REGISTRY)/rakuten-pipeline:$(VERSION)
+	$(CONTAINER_TOOL) push $(IMAGE_REGISTRY)/rakuten-serving:$(VERSION)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core_bench.py
 

@@ -12,7 +12,7 @@ Measured side by side on this machine, same run, 224×224 bundle:
 Goals (issue): p50 at concurrency 1 ≤ 1.15× in-process batch-1 p50; saturated throughput ≥ 0.85× in-process
 batch-16 throughput. Loops are bounded (fixed request counts); traffic stays on 127.0.0.1.
 
-    python benchmarks/serve_bench.py [--bundle BUNDLE] [--requests 24] [--seed 0]
+    python benchmarks/serve_bench.py [--bundle BUNDLE] [--rounds 4] [--seed 0]
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-import numpy as np
-import psutil
-import torch
-import tritonclient.http as triton
+# Like `rakuten serve` (serving/cli.py), and before torch loads OpenMP: waiting OpenMP threads sleep instead of
+# spinning, so the in-process reference is measured under the same policy as the servers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+import tritonclient.http as triton  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/ from the checkout
 
@@ -82,31 +86,37 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), float(np.percentile(times, 99))
 
 
-def in_process(bundle: Path, products: list[tuple[str, str, bytes]]) -> dict[str, tuple[float, float]]:
-    model = load_bundle(bundle, "cuda" if torch.cuda.is_available() else "cpu")
-    results = {}
-    for batch, reps in ((1, 20), (16, 4)):
-        rows = [products[i % len(products)] for i in range(batch)]
-        ids = model.pre.encode_text([r[0] for r in rows], [r[1] for r in rows])
-        images, mask = model.pre.encode_images([r[2] for r in rows])
-        model.predict_tensors(ids, images, mask)  # warm-up
+class InProcess:
+    """``Classifier.predict_tensors`` on pre-encoded tensors (the core benchmark's ensemble forward)."""
+
+    def __init__(self, bundle: Path, products: list[tuple[str, str, bytes]]) -> None:
+        self.model = load_bundle(bundle, "cuda" if torch.cuda.is_available() else "cpu")
+        self.products = products
+        self.tensors = {}
+        for batch in (1, 16):
+            rows = [products[i % len(products)] for i in range(batch)]
+            ids = self.model.pre.encode_text([r[0] for r in rows], [r[1] for r in rows])
+            self.tensors[batch] = (ids, *self.model.pre.encode_images([r[2] for r in rows]))
+            self.model.predict_tensors(*self.tensors[batch])  # warm-up
+
+    def forward(self, batch: int, reps: int) -> list[float]:
         times = []
         for _ in range(reps):
             start = time.perf_counter()
-            model.predict_tensors(ids, images, mask)
+            self.model.predict_tensors(*self.tensors[batch])
             times.append(time.perf_counter() - start)
-        results[f"forward b{batch}"] = percentiles(times)
-    # The same product with decoding and tokenising included (what the transformer adds to the forward).
-    times = []
-    d, desc, jpeg = products[0]
-    for _ in range(10):
-        start = time.perf_counter()
-        ids = model.pre.encode_text([d], [desc])
-        images, mask = model.pre.encode_images([jpeg])
-        model.predict_tensors(ids, images, mask)
-        times.append(time.perf_counter() - start)
-    results["decode+forward b1"] = percentiles(times)
-    return results
+        return times
+
+    def decode_and_forward(self, reps: int) -> list[float]:
+        times = []
+        for i in range(reps):
+            d, desc, jpeg = self.products[i % len(self.products)]
+            start = time.perf_counter()
+            ids = self.model.pre.encode_text([d], [desc])
+            images, mask = self.model.pre.encode_images([jpeg])
+            self.model.predict_tensors(ids, images, mask)
+            times.append(time.perf_counter() - start)
+        return times
 
 
 def _request(product: tuple[str, str, bytes]) -> list[triton.InferInput]:
@@ -119,17 +129,17 @@ def _request(product: tuple[str, str, bytes]) -> list[triton.InferInput]:
     return inputs
 
 
-def latency(address: str, products: list[tuple[str, str, bytes]], count: int) -> tuple[float, float]:
+def latencies(address: str, products: list[tuple[str, str, bytes]], count: int, offset: int = 0) -> list[float]:
     client = triton.InferenceServerClient(address, network_timeout=300)
     times = []
     try:
-        for i in range(count):
+        for i in range(offset, offset + count):
             start = time.perf_counter()
             client.infer("rakuten", _request(products[i % len(products)]))
             times.append(time.perf_counter() - start)
     finally:
         client.close()
-    return percentiles(times)
+    return times
 
 
 def throughput(address: str, products: list[tuple[str, str, bytes]], concurrency: int, count: int) -> float:
@@ -154,83 +164,127 @@ def metric(url: str, name: str) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
-def serve(bundle: Path, products: list[tuple[str, str, bytes]], batch_size: int, requests: int,
-          log_dir: Path) -> dict[str, float]:
-    args = ["--max-batch-size", str(batch_size), "--max-batch-delay-ms", "5"]
-    with LocalServers(bundle, predictor_args=args, log_dir=log_dir) as servers:
-        assert servers.transformer is not None and servers.predictor is not None
-        address = servers.transformer.address
-        latency(address, products, 3)  # warm-up
-        out: dict[str, float] = {}
-        out["p50"], out["p99"] = latency(address, products, requests)
-        for concurrency in (4, 16):
-            out[f"c{concurrency}"] = throughput(address, products, concurrency, max(2 * requests, 2 * concurrency))
-        out["rss"] = psutil.Process(servers.predictor.pid).memory_info().rss
-        out["hop"] = (metric(servers.transformer.url, "rakuten_transformer_predictor_request_bytes_sum")
-                      / metric(servers.transformer.url, "rakuten_transformer_predictor_request_bytes_count"))
-        out["rows_per_forward"] = (metric(servers.predictor.url, "rakuten_batch_rows_sum")
-                                   / metric(servers.predictor.url, "rakuten_batch_rows_count"))
+_OMP_PROBE = """
+import statistics, sys, time
+from rakuten_mm.bundle import load_bundle
+m = load_bundle(sys.argv[1])
+ids = m.pre.encode_text(["lampe de chevet"])
+images, mask = m.pre.encode_images([open(sys.argv[2], "rb").read()])
+m.predict_tensors(ids, images, mask)
+times = []
+for _ in range(6):
+    t = time.perf_counter(); m.predict_tensors(ids, images, mask); times.append(time.perf_counter() - t)
+print(statistics.median(times), max(times))
+"""
+
+
+def omp_policy_probe(bundle: Path, jpeg: bytes, work: Path) -> dict[str, tuple[float, float]]:
+    """Batch-1 forward (p50, max) in fresh processes with OpenMP's ACTIVE (spinning) vs PASSIVE wait policy."""
+    import subprocess
+
+    image = work / "probe.jpg"
+    image.write_bytes(jpeg)
+    out = {}
+    for policy in ("ACTIVE", "PASSIVE"):
+        env = {**os.environ, "OMP_WAIT_POLICY": policy}
+        res = subprocess.run([sys.executable, "-c", _OMP_PROBE, str(bundle), str(image)], env=env, check=True,
+                             capture_output=True, text=True, timeout=600)
+        p50, worst = (float(x) for x in res.stdout.split()[-2:])
+        out[policy] = (p50, worst)
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", help="a 224×224 bundle (default: train a small one with --image-weights none)")
-    parser.add_argument("--requests", type=int, default=24, help="requests per latency run (2× per throughput run)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved measurement rounds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()
         bundle = Path(args.bundle) if args.bundle else make_bundle(work, args.seed)
-        size = load_bundle(bundle).pre.image_preset.size
         products, source = sample_products(32)
-        # The machine is shared: in-process runs before and after the served runs, and the faster of the two
-        # (per figure) is the reference, which makes the served/in-process ratios conservative.
-        before = in_process(bundle, products)
-        on = serve(bundle, products, 16, args.requests, work / "logs-on")
-        off = serve(bundle, products, 1, args.requests, work / "logs-off")
-        after = in_process(bundle, products)
-        base = {k: min(before[k], after[k]) for k in before}
+        local = InProcess(bundle, products)
+        size = local.model.pre.image_preset.size
+        configs = {"on": ["--max-batch-size", "16", "--max-batch-delay-ms", "5"], "off": ["--max-batch-size", "1"]}
+        servers = {k: LocalServers(bundle, predictor_args=v, log_dir=work / f"logs-{k}") for k, v in configs.items()}
+        try:
+            for s in servers.values():
+                s.start()
+            address = {k: s.transformer.address for k, s in servers.items() if s.transformer}
+            for a in address.values():
+                latencies(a, products, 3)  # warm-up
+            # The machine is shared and its load drifts: every figure is measured in each round, the rounds
+            # interleave in-process and served runs, and ratios are taken within a round (then the median).
+            t: dict[str, list[float]] = {"b1": [], "b16": [], "dec": [], "on": [], "off": []}
+            tput: dict[str, list[float]] = {"on4": [], "on16": [], "off4": [], "off16": []}
+            r_lat, r_tput, r_onoff = [], [], []
+            for r in range(args.rounds):
+                b1 = local.forward(1, 4)
+                lat = {k: latencies(a, products, 5, offset=5 * r) for k, a in address.items()}
+                b16 = local.forward(16, 1)
+                for k, a in address.items():
+                    for c in (4, 16):
+                        tput[f"{k}{c}"].append(throughput(a, products, c, 16))
+                t["b1"] += b1
+                t["b16"] += b16
+                t["dec"] += local.decode_and_forward(2)
+                t["on"] += lat["on"]
+                t["off"] += lat["off"]
+                r_lat.append(statistics.median(lat["on"]) / statistics.median(b1))
+                r_tput.append(max(tput["on4"][-1], tput["on16"][-1]) / (16 / b16[0]))
+                r_onoff.append(tput["on16"][-1] / tput["off16"][-1])
+            rss = {k: psutil.Process(s.predictor.pid).memory_info().rss for k, s in servers.items() if s.predictor}
+            on = servers["on"]
+            assert on.transformer is not None and on.predictor is not None
+            hop = (metric(on.transformer.url, "rakuten_transformer_predictor_request_bytes_sum")
+                   / metric(on.transformer.url, "rakuten_transformer_predictor_request_bytes_count"))
+            rows = {k: metric(s.predictor.url, "rakuten_batch_rows_sum")  # type: ignore[union-attr]
+                    / metric(s.predictor.url, "rakuten_batch_rows_count")  # type: ignore[union-attr]
+                    for k, s in servers.items()}
+        finally:
+            for s in servers.values():
+                s.stop()
+        omp = omp_policy_probe(bundle, products[0][2], work)
         elapsed = time.perf_counter() - started
 
-    f1_50, f1_99 = base["forward b1"]
-    f16_50, f16_99 = base["forward b16"]
-    d1_50, d1_99 = base["decode+forward b1"]
     ms = 1e3
     print(f"\n### Serving: tritonclient → transformer → predictor vs in-process ({size}×{size}, {machine()})\n")
-    print(f"Requests carry one product each ({source}); servers on 127.0.0.1, one uvicorn worker each; "
-          f"run took {elapsed:.0f} s.\n")
-    print("In-process figures: the faster of two runs (before / after the served runs: batch-1 forward p50 "
-          f"{before['forward b1'][0] * 1e3:.0f} / {after['forward b1'][0] * 1e3:.0f} ms, batch-16 "
-          f"{before['forward b16'][0] * 1e3:.0f} / {after['forward b16'][0] * 1e3:.0f} ms).\n")
+    print(f"One product per request ({source}); servers on 127.0.0.1, one uvicorn worker each; {args.rounds} "
+          f"interleaved rounds (in-process, served with batching on and off, in turn); run took {elapsed:.0f} s.\n")
     print("| path | p50 latency (ms) | p99 latency (ms) | throughput (products/s) |")
     print("|---|---|---|---|")
-    print(f"| in-process `predict_tensors`, batch 1 | {f1_50 * ms:.1f} | {f1_99 * ms:.1f} | {1 / f1_50:.2f} |")
-    print(f"| in-process `predict_tensors`, batch 16 | {f16_50 * ms:.1f} | {f16_99 * ms:.1f} | {16 / f16_50:.2f} |")
-    print(f"| in-process decode + tokenise + forward, batch 1 | {d1_50 * ms:.1f} | {d1_99 * ms:.1f} | "
-          f"{1 / d1_50:.2f} |")
-    for label, r in (("micro-batching on (max 16, 5 ms)", on), ("micro-batching off (max 1)", off)):
-        print(f"| served, {label}, concurrency 1 | {r['p50'] * ms:.1f} | {r['p99'] * ms:.1f} | {1 / r['p50']:.2f} |")
+
+    def row(label: str, times: list[float], batch: int = 1) -> None:
+        p50, p99 = percentiles(times)
+        print(f"| {label} | {p50 * ms:.1f} | {p99 * ms:.1f} | {batch / p50:.2f} |")
+
+    row("in-process `predict_tensors`, batch 1", t["b1"])
+    row("in-process `predict_tensors`, batch 16", t["b16"], 16)
+    row("in-process decode + tokenise + forward, batch 1", t["dec"])
+    for key, label in (("on", "micro-batching on (max 16, 5 ms)"), ("off", "micro-batching off (max 1)")):
+        row(f"served, {label}, concurrency 1", t[key])
         for c in (4, 16):
-            print(f"| served, {label}, concurrency {c} | – | – | {r[f'c{c}']:.2f} |")
+            print(f"| served, {label}, concurrency {c} | – | – | {statistics.median(tput[f'{key}{c}']):.2f} |")
     print()
-    print("| ratio | value | goal |")
+    print("| ratio (median over rounds of the per-round ratio) | value | goal |")
     print("|---|---|---|")
-    print(f"| served p50 (c=1, batching on) / in-process batch-1 forward p50 | {on['p50'] / f1_50:.2f}× | ≤ 1.15× |")
-    print(f"| served p50 (c=1, batching on) / in-process decode + forward p50 | {on['p50'] / d1_50:.2f}× | – |")
-    best = max(on["c4"], on["c16"])
+    print(f"| served p50 at concurrency 1 (batching on) / in-process batch-1 forward p50 | "
+          f"{statistics.median(r_lat):.2f}× | ≤ 1.15× |")
     print(f"| served throughput (batching on, best of c=4/16) / in-process batch-16 throughput | "
-          f"{best / (16 / f16_50):.2f}× | ≥ 0.85× |")
-    print(f"| served throughput c=16: batching on / off | {on['c16'] / off['c16']:.2f}× | – |")
+          f"{statistics.median(r_tput):.2f}× | ≥ 0.85× |")
+    print(f"| served throughput at c=16: batching on / off | {statistics.median(r_onoff):.2f}× | – |")
     print()
-    print(f"- bytes per request on the transformer → predictor hop: {on['hop'] / 1e3:.1f} KB "
-          f"(binary tensors: uint8 image {3 * size * size / 1e3:.1f} KB + token ids + mask + JSON header; "
-          "goal ≤ 160 KB at 224×224)")
-    print(f"- rows per predictor forward pass with batching on: {on['rows_per_forward']:.2f} (off: "
-          f"{off['rows_per_forward']:.2f})")
-    print(f"- predictor resident memory after the run: {on['rss'] / 2**20:.0f} MiB (batching on), "
-          f"{off['rss'] / 2**20:.0f} MiB (off)")
+    print(f"- bytes per request on the transformer → predictor hop: {hop / 1e3:.1f} KB (uint8 image "
+          f"{3 * size * size / 1e3:.1f} KB + token ids + mask + JSON header; goal ≤ 160 KB at 224×224)")
+    print(f"- rows per predictor forward pass: {rows['on']:.2f} with batching on, {rows['off']:.2f} off")
+    print("- OpenMP wait policy, batch-1 forward in a fresh process, same moment (p50 / worst of 6): ACTIVE "
+          f"{omp['ACTIVE'][0] * ms:.0f} / {omp['ACTIVE'][1] * ms:.0f} ms, PASSIVE {omp['PASSIVE'][0] * ms:.0f} / "
+          f"{omp['PASSIVE'][1] * ms:.0f} ms (`rakuten serve` and this benchmark use PASSIVE unless OMP_WAIT_POLICY "
+          "is set)")
+    print(f"- predictor resident memory after the run: {rss['on'] / 2**20:.0f} MiB (batching on), "
+          f"{rss['off'] / 2**20:.0f} MiB (off)")
     return 0
 
 

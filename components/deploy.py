@@ -14,4 +14,4 @@ def deploy(
     from pipelines.deploy import deploy as deploy_bundle
 
     result = deploy_bundle(bundle_uri, name=name, namespace=namespace, canary_percent=canary_percent)
-    return (result["url"], result["action"], result["previous_storage_uri"] or "")
+    return (result["url"] or "", result["action"], result["previous_storage_uri"] or "")

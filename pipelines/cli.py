@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--deploy", action="store_true", help="deploy to KServe when champion moves")
     submit.add_argument("--canary-percent", type=int, default=0, help="with --deploy: canary traffic share")
     submit.add_argument("--deploy-name", default="rakuten", help="InferenceService name")
-    submit.add_argument("--deploy-namespace", default="kubeflow-user", help="InferenceService namespace")
+    submit.add_argument("--deploy-namespace", default="rakuten", help="InferenceService namespace")
     submit.add_argument("--package", default=str(DEFAULT_PACKAGE), help="compiled YAML (default: %(default)s)")
     submit.add_argument("--kfp-experiment", default=DEFAULT_EXPERIMENT, help="KFP experiment")
     submit.add_argument("--run-name", default=None, help="KFP run name (default: rakuten-training-TIMESTAMP)")

@@ -99,7 +99,7 @@ class DeployTimeout(DeployError, TimeoutError):
 def deploy(
     bundle_uri: str,
     name: str = "rakuten",
-    namespace: str = "kubeflow-user",
+    namespace: str = "rakuten",
     canary_percent: int = 0,
     timeout_s: int = 600,
     poll_s: float = 5.0,
@@ -154,7 +154,7 @@ def deploy(
 
 def rollback(
     name: str = "rakuten",
-    namespace: str = "kubeflow-user",
+    namespace: str = "rakuten",
     timeout_s: int = 600,
     poll_s: float = 5.0,
     api_client: Any | None = None,

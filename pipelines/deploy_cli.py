@@ -43,7 +43,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.description = ("Serve the bundle the InferenceService served before the last `rakuten deploy` "
                               f"(its {d.PREVIOUS_URI_ANNOTATION} annotation), with all traffic; print one JSON line.")
     parser.add_argument("--name", default="rakuten", help="InferenceService name (default: rakuten)")
-    parser.add_argument("--namespace", default="kubeflow-user", help="namespace (default: kubeflow-user)")
+    parser.add_argument("--namespace", default="rakuten", help="namespace (default: rakuten)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="seconds to wait for Ready (default: 600)")
     parser.add_argument("--poll", type=float, default=5.0, metavar="S", help="seconds between status reads (default 5)")

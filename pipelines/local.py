@@ -134,8 +134,14 @@ def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOption
 
     from pipelines.training import ClusterSettings, build
 
-    arguments = pipeline_arguments(_absolute(data_uri), _absolute(out_uri), cfg, options, tracking_uri, experiment,
-                                   min_improvement, registered_model)
+    if not data_uri or not out_uri:
+        raise errors.ConfigError(f"a local run needs a data URI and a bundle URI, got {data_uri!r} and {out_uri!r}")
+    data_uri, out_uri = _absolute(data_uri), _absolute(out_uri)
+    if not storage.is_s3(out_uri) and not storage.is_s3(data_uri) and Path(out_uri) in (Path(data_uri),
+                                                                                          *Path(data_uri).parents):
+        raise errors.ConfigError(f"the bundle would replace the data: --out {out_uri} holds {data_uri}")
+    arguments = pipeline_arguments(data_uri, out_uri, cfg, options, tracking_uri, experiment, min_improvement,
+                                   registered_model)
     root = state_dir() / "pipelines"
     (root / "runs").mkdir(parents=True, exist_ok=True)
     tempfile.gettempdir()  # pin this process's own temp dir before TMPDIR changes for the steps

@@ -180,7 +180,7 @@ def build(settings: ClusterSettings = ClusterSettings()) -> Any:
         deploy: bool = False,
         canary_percent: int = 0,
         deploy_name: str = "rakuten",
-        deploy_namespace: str = "kubeflow-user",
+        deploy_namespace: str = "rakuten",
     ) -> Outputs:
         tracking = {"mlflow_tracking_uri": mlflow_tracking_uri, "mlflow_experiment": mlflow_experiment}
         prep = _configure(preprocess(

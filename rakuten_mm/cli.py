@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="bundle directory or s3:// URI")
     add_train_options(train)
     add_data_options(train)
-    train.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    train.add_argument("--in-process", action="store_true",
+                       help="run the stages in this process instead of the local Kubeflow pipeline (faster start; "
+                            "no model registry or gate)")
+    train.add_argument("--no-tracking", action="store_true", help="with --in-process: do not log to MLflow")
     train.add_argument("--experiment", default="rakuten", help="MLflow experiment name")
 
     evaluate = sub.add_parser("evaluate", help="score a bundle on labelled data")
@@ -127,9 +130,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg, options = train_config(args), data_options(args)
+    if args.no_tracking and not args.in_process:
+        from rakuten_mm.errors import ConfigError
+
+        raise ConfigError("--no-tracking needs --in-process: the pipeline's register step uses MLflow")
+    if args.in_process:
+        return _train_in_process(args, cfg, options)
+    # The embedded default: the same Kubeflow pipeline as on a cluster, run here by kfp.local.
+    from pipelines.local import run_local
+
+    result = run_local(args.data, args.out, cfg, options, experiment=args.experiment)
+    print(f"bundle: {result['bundle_uri']}")
+    print(f"ensemble weights: {result['weights']}")
+    print(_metrics_line("held-out test", result["test"]))
+    print(f"gate: {result['gate']['decision']}")
+    print(f"report: {result['report']}")
+    return 0
+
+
+def _train_in_process(args: argparse.Namespace, cfg: Any, options: Any) -> int:
     from rakuten_mm.training import train
 
-    cfg = train_config(args)
     tracker = None
     if not args.no_tracking:
         from rakuten_mm.tracking import Tracker, TrackingConfig
@@ -142,17 +164,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, step=step, prefix=prefix)
 
     try:
-        result = train(args.data, args.out, cfg, data_options(args), log=log)
+        result = train(args.data, args.out, cfg, options, log=log)
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
         raise
-    test = result.metrics["test"]
     if tracker:
         _log_final(tracker, result.bundle_uri, result.metrics)
     print(f"bundle: {result.bundle_uri}")
     print(f"ensemble weights: {result.metrics['weights']}")
-    print(_metrics_line("held-out test", test))
+    print(_metrics_line("held-out test", result.metrics["test"]))
     return 0
 
 

@@ -61,10 +61,6 @@ class ValidationReport:
     text_only: list[object] = field(default_factory=list)  # rows kept without an image
     dropped: list[object] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.problems or bool(self.dropped)
-
     def summary(self, first: int = 5) -> str:
         lines = [f"{self.source}: {self.rows} rows"]
         if self.problems:
@@ -83,16 +79,12 @@ class ValidationReport:
 
 @dataclass
 class Dataset:
-    """Validated rows (original index kept) with cleaned-free raw text, label code and image path."""
+    """Validated rows (original index kept): raw text, label code and image path relative to ``root``."""
 
     root: Path
     frame: pd.DataFrame  # designation, description, productid, imageid, [prdtypecode], image ('' when absent)
     report: ValidationReport
     version: str  # content hash of the CSVs + image list
-
-    def image_paths(self, rows: pd.DataFrame | None = None) -> list[Path | None]:
-        rows = self.frame if rows is None else rows
-        return [self.root / p if p else None for p in rows["image"]]
 
 
 def _find(root: Path, names: tuple[str, ...], what: str, is_dir: bool = False) -> Path:

@@ -86,9 +86,8 @@ def _tracker(tracking_uri: str, experiment: str, run_id: str) -> Tracker:
 
 
 @contextlib.contextmanager
-def _step(name: str, parent: Tracker, *more: Tracker) -> Iterator[None]:
-    """Time the step into the parent run; on failure tag and fail the runs, then re-raise the original error."""
-    start = time.perf_counter()
+def _step(name: str, started: float, parent: Tracker, *more: Tracker) -> Iterator[None]:
+    """Log the step's time since ``started`` to the parent run; on failure tag and fail the runs, re-raise."""
     try:
         yield
     except BaseException as exc:
@@ -98,7 +97,7 @@ def _step(name: str, parent: Tracker, *more: Tracker) -> Iterator[None]:
                 tracker.client.set_tag(tracker.run_id, "error", f"{name}: {exc}"[:5000])
                 tracker.finish("FAILED")
         raise
-    parent.metrics({f"step_seconds_{name}": time.perf_counter() - start})
+    parent.metrics({f"step_seconds_{name}": time.perf_counter() - started})
 
 
 def _headline(scores: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -120,6 +119,7 @@ def preprocess(data_uri: str, dataset_dir: str, *, epochs_text: int, epochs_imag
                on_missing_image: str, tracking_uri: str = "", experiment: str = "rakuten", run_name: str = "",
                tags: dict[str, str] | None = None, metadata: Metadata | None = None) -> Preprocessed:
     """Build the configuration (fail fast), open the parent run, validate the data and record the split."""
+    started = time.perf_counter()
     cfg = TrainConfig(epochs_text=int(epochs_text), epochs_image=int(epochs_image), image_size=int(image_size),
                       image_weights=image_weights, device=device, seed=int(seed), members=parse_members(members),
                       batch_size=int(batch_size), feature_cache=bool(feature_cache),
@@ -129,15 +129,15 @@ def preprocess(data_uri: str, dataset_dir: str, *, epochs_text: int, epochs_imag
     tracking = TrackingConfig.from_env(tracking_uri or None, experiment)
     parent = Tracker.start(tracking, run_name=run_name or "rakuten-training",
                            tags={k: v for k, v in (tags or {}).items() if v})
-    parent.params({**cfg.to_json(), "data_uri": data_uri, **vars(options)})
-    with _step("preprocess", parent):
+    with _step("preprocess", started, parent):
+        parent.params({**cfg.to_json(), "data_uri": data_uri, **vars(options)})
         prepared = training.preprocess(data_uri, Path(dataset_dir), options, cfg.seed, cfg.val_fraction,
                                        cfg.test_fraction)
         parent.params({"data_version": prepared.version})
         parent.client.log_text(parent.run_id, prepared.report, "data/validation_report.txt")
-    rows = {split: len(ids) for split, ids in prepared.splits.items()}
     if metadata is not None:
-        metadata.update({"data_uri": data_uri, "version": prepared.version, "rows": rows, "report": prepared.report})
+        metadata.update({"data_uri": data_uri, "version": prepared.version, "report": prepared.report,
+                         "rows": {split: len(ids) for split, ids in prepared.splits.items()}})
     return Preprocessed(parent.run_id, dump_train_config(cfg), prepared.version)
 
 
@@ -145,6 +145,7 @@ def train_member(member: str, dataset_dir: str, model_dir: str, *, train_config:
                  tracking_uri: str = "", experiment: str = "rakuten", log_metric: MetricLogger | None = None,
                  metadata: Metadata | None = None) -> None:
     """Train one ensemble member (``text`` or ``image``) in a nested MLflow run, with per-epoch curves."""
+    started = time.perf_counter()
     stages = {"text": training.train_text, "image": training.train_image}
     cfg = load_train_config(train_config)
     out = Path(model_dir)
@@ -157,18 +158,18 @@ def train_member(member: str, dataset_dir: str, model_dir: str, *, train_config:
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
     child = Tracker.start(parent.cfg, run_name=f"{member} member", parent_run_id=parent.run_id,
                           tags={"member": member})
-    child.params(cfg.to_json())
 
     def on_epoch(epoch: int, record: dict[str, float]) -> None:
         curve = {k: v for k, v in record.items() if k != "epoch"}
         child.metrics(curve, step=epoch)
         parent.metrics(curve, step=epoch, prefix=f"{member}_")
 
-    with _step(f"train_{member}", parent, child):
+    with _step(f"train_{member}", started, parent, child):
+        child.params(cfg.to_json())
         scores = stages[member](training.load_prepared(Path(dataset_dir)), out, cfg, on_epoch=on_epoch)
-    child.metrics(_headline(scores, "val_"))
-    child.finish()
-    parent.metrics(_headline(scores, f"val_{member}_"))
+        child.metrics(_headline(scores, "val_"))
+        child.finish()
+        parent.metrics(_headline(scores, f"val_{member}_"))
     _log(log_metric, {**_headline(scores, "val_"), "val_rows": float(scores["rows"])})
     if metadata is not None:
         metadata.update({"member": member, "mlflow_run_id": child.run_id, "val_weighted_f1": scores["weighted_f1"]})
@@ -178,15 +179,16 @@ def fit_ensemble(dataset_dir: str, text_dir: str, image_dir: str, bundle_dir: st
                  mlflow_run_id: str, tracking_uri: str = "", experiment: str = "rakuten",
                  log_metric: MetricLogger | None = None, metadata: Metadata | None = None) -> Fitted:
     """Tune the ensemble weights on the validation split and build the bundle into ``bundle_dir``."""
+    started = time.perf_counter()
     cfg = load_train_config(train_config)
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
     members = {name: Path(d) for name, d in (("text", text_dir), ("image", image_dir)) if name in cfg.members}
-    with _step("fit_ensemble", parent):
+    with _step("fit_ensemble", started, parent):
         metrics = training.fit_ensemble(training.load_prepared(Path(dataset_dir)), members, bundle_dir, cfg)
-    weights = {f"weight_{k}": float(v) for k, v in metrics["weights"].items()}
-    scores = {**_headline(metrics["val"], "val_"), **_headline(metrics["test"], "test_"), **weights}
-    parent.metrics(scores)
-    parent.params({"ensemble_weights": json.dumps(metrics["weights"], sort_keys=True)})
+        weights = {f"weight_{k}": float(v) for k, v in metrics["weights"].items()}
+        scores = {**_headline(metrics["val"], "val_"), **_headline(metrics["test"], "test_"), **weights}
+        parent.metrics(scores)
+        parent.params({"ensemble_weights": json.dumps(metrics["weights"], sort_keys=True)})
     _log(log_metric, scores)
     if metadata is not None:
         metadata.update({"data_version": metrics["data_version"], "weights": metrics["weights"],
@@ -198,13 +200,14 @@ def evaluate(dataset_dir: str, bundle_dir: str, evaluation_dir: str, *, mlflow_r
              experiment: str = "rakuten", log_metric: MetricLogger | None = None,
              log_confusion_matrix: ConfusionLogger | None = None, metadata: Metadata | None = None) -> Evaluated:
     """Load the bundle as serving does (checksums verified) and score it on the recorded test split."""
+    started = time.perf_counter()
     import pandas as pd
 
     from rakuten_mm.inference import evaluate_rows
 
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
     out = Path(evaluation_dir)
-    with _step("evaluate", parent):
+    with _step("evaluate", started, parent):
         prepared = training.load_prepared(Path(dataset_dir))
         config = bundle.verify(Path(bundle_dir))
         # This step may run without the training steps' GPU: "cuda" degrades to "auto" here.
@@ -215,14 +218,13 @@ def evaluate(dataset_dir: str, bundle_dir: str, evaluation_dir: str, *, mlflow_r
         files = {k: Path(v).name for k, v in result.pop("confusion_matrix").items()}
         bundle.write_json(out / EVALUATION, {**result, "split": "test", "files": files})
         parent.artifact(out, "evaluation")
-    scores = _headline(result, "test_")
-    parent.metrics({f"bundle_{k}": v for k, v in scores.items()})
+        scores = _headline(result, "test_")
+        parent.metrics({f"bundle_{k}": v for k, v in scores.items()})
+        matrix = pd.read_csv(out / files["csv"], index_col=0).to_numpy().astype(int).tolist()
     _log(log_metric, {**scores, "test_rows": float(result["rows"])})
     if log_confusion_matrix:
-        matrix = pd.read_csv(out / files["csv"], index_col=0).to_numpy()
         labels = model.labels
-        log_confusion_matrix([f"{n} ({c})" for c, n in zip(labels.codes, labels.names, strict=True)],
-                             matrix.astype(int).tolist())
+        log_confusion_matrix([f"{n} ({c})" for c, n in zip(labels.codes, labels.names, strict=True)], matrix)
     if metadata is not None:
         metadata.update({"split": "test", "rows": result["rows"]})
     return Evaluated(float(result["weighted_f1"]))
@@ -236,10 +238,11 @@ def register(dataset_dir: str, bundle_dir: str, evaluation_dir: str, report_path
 
     ``bundle_uri`` empty: the bundle stays where the pipeline's artifact store put it (``bundle_artifact_uri``).
     """
+    started = time.perf_counter()
     min_improvement = registry.check_min_improvement(min_improvement)
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
     src = Path(bundle_dir)
-    with _step("register", parent):
+    with _step("register", started, parent):
         bundle.verify(src)
         metrics = json.loads((src / "metrics.json").read_text())
         published = (storage.publish_dir(src, bundle_uri, last=bundle.MANIFEST) if bundle_uri

@@ -86,13 +86,6 @@ def upload_dir(src: Path, uri: str, last: str | None = None) -> None:
         raise StorageError(f"cannot write {uri}: {exc}") from exc
 
 
-def delete_prefix(uri: str) -> None:
-    bucket, prefix = split_s3(uri)
-    client = s3_client()
-    for key in _list_keys(client, bucket, prefix):
-        client.delete_object(Bucket=bucket, Key=key)
-
-
 @contextlib.contextmanager
 def local_copy(uri: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a local directory holding ``uri``: the path itself, or a temporary download of an s3 prefix."""

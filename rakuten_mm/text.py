@@ -17,8 +17,6 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rakuten_mm.errors import ConfigError
-
 PAD, UNK = 0, 1
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -154,11 +152,3 @@ class TextClassifier(nn.Module):
 def text_present(token_ids: np.ndarray) -> np.ndarray:
     """Rows with at least one token: the text member's presence mask."""
     return (token_ids != PAD).any(axis=1)
-
-
-def validate_token_ids(token_ids: np.ndarray, vocab_size: int) -> None:
-    if token_ids.ndim != 2:
-        raise ConfigError(f"token_ids must be 2-D [batch, length], got shape {list(token_ids.shape)}")
-    if token_ids.size and (token_ids.min() < 0 or token_ids.max() >= vocab_size):
-        raise ConfigError(f"token ids must lie in [0, {vocab_size}), got range "
-                          f"[{int(token_ids.min())}, {int(token_ids.max())}]")

@@ -6,6 +6,9 @@ on; its port is then checked to be free and distinct from the HTTP port, since a
 ``--predictor_protocol v2``, the only protocol the transformer accepts. ``--workers`` must be 1: the model and its
 micro-batching queue live in one process (scale with replicas instead).
 
+``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (set it to override): OpenMP threads that spin while waiting turn a
+shared or CPU-limited machine's forward pass into a scheduling fight (12x slower in ``benchmarks/serve_bench.py``).
+
 Importing kserve parses ``sys.argv`` (known args only, at import time), so kserve is imported here with an empty
 command line and the flags are parsed once, by this module, into one namespace that is handed to KServe.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import errno
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -22,7 +26,6 @@ from types import ModuleType
 from typing import Any
 
 from rakuten_mm.errors import ConfigError
-from rakuten_mm.image import DEFAULT_MAX_PIXELS
 
 ROLES = ("predictor", "transformer")
 USAGE = "usage: rakuten serve {predictor|transformer} [flags]  (rakuten serve predictor --help lists them)"
@@ -39,6 +42,7 @@ def _import_model_server() -> ModuleType:
 
 
 def build_parser(role: str, kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from rakuten_mm.image import DEFAULT_MAX_PIXELS
     from serving.predictor import DEFAULT_MODEL_DIR, PredictorSettings
     from serving.server import DEFAULT_MAX_REQUEST_BYTES
 
@@ -69,6 +73,8 @@ def build_parser(role: str, kserve_parser: argparse.ArgumentParser) -> argparse.
 
 def _check_port_free(host: str, port: int, flag: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn and gRPC do: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -122,6 +128,9 @@ def main(argv: Sequence[str]) -> int:
     if not args or args[0] not in ROLES:
         raise ConfigError(f"{USAGE}; allowed roles: {list(ROLES)}, got {args[:1] or 'none'}")
     role, flags = args[0], args[1:]
+    # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. With spinning, a CPU shared with
+    # other processes (or a pod's CPU limit) made the VGG16 forward up to 12x slower here (BENCHMARKS.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     model_server = _import_model_server()
     opts = build_parser(role, model_server.parser).parse_args(flags)
     check_options(role, opts)

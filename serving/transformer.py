@@ -28,6 +28,7 @@ import asyncio
 import base64
 import binascii
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,8 +254,8 @@ class RakutenTransformer(Model):
                 request = None
             # Image decoding is CPU-bound (Pillow releases the GIL): a worker thread keeps the event loop free.
             predictor_request = await asyncio.to_thread(self.encode, products)
-        if request is not None and request.id:
-            predictor_request.id = request.id
+        # The predictor sees the client's request id (or a fresh one), so both servers' logs can be matched.
+        predictor_request.id = codec.response_id(request) if request is not None else str(uuid.uuid4())
         return _Call(request, predictor_request, len(products.designations))
 
     # ---- the predictor call: only transport failures are handled here ----------------------------------------
@@ -297,6 +298,8 @@ class RakutenTransformer(Model):
         except httpx.TransportError as exc:
             raise PredictorUnavailable(self.name, f"the predictor at {url} is unreachable ({type(exc).__name__}: "
                                                   f"{exc})") from None
+        except InvalidInput as exc:  # KServe's client raises it when the predictor's answer cannot be parsed
+            raise InferenceError(f"the predictor at {url} answered an unreadable V2 response: {exc}") from None
         if not isinstance(response, InferResponse):
             raise InferenceError(f"the predictor at {url} answered something that is not a V2 response")
         payload.response = response

@@ -34,6 +34,7 @@ def test_train_prints_bundle_and_scores(flow):
     _, _, bundle, trained = flow
     assert f"bundle: {bundle}" in trained.stdout
     assert "held-out test: weighted F1" in trained.stdout
+    assert "gate: " in trained.stdout  # the pipeline's register step ran
     assert (bundle / "manifest.json").is_file()
 
 
@@ -46,15 +47,35 @@ def test_train_logged_to_mlflow(flow):
     client = MlflowClient(cfg.uri)
     experiment = client.get_experiment_by_name("rakuten")
     runs = client.search_runs([experiment.experiment_id])
-    run_ = next(r for r in runs if r.data.params.get("out") == str(flow[2]))
+    # `rakuten train` runs the local Kubeflow pipeline: one parent run, a nested run per member.
+    run_ = next(r for r in runs if r.data.params.get("bundle_uri") == str(flow[2]))
     assert run_.info.status == "FINISHED"
-    assert {"test_weighted_f1", "test_text_weighted_f1", "text_val_weighted_f1"} <= set(run_.data.metrics)
+    assert {"test_weighted_f1", "test_text_weighted_f1", "text_val_weighted_f1", "gate_promoted"} <= set(
+        run_.data.metrics)
     history = client.get_metric_history(run_.info.run_id, "text_train_loss")
     assert [m.step for m in history] == [1, 2, 3][: len(history)] and len(history) >= 2
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run_.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["image member", "text member"]
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
-    assert {"bundle", "reports"} <= artifacts
+    assert {"bundle", "report"} <= artifacts
     bundle_files = {Path(a.path).name for a in client.list_artifacts(run_.info.run_id, "bundle")}
     assert "manifest.json" in bundle_files
+
+
+def test_in_process_training_logs_to_mlflow(flow, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from rakuten_mm.tracking import TrackingConfig
+
+    _, data, _, _ = flow
+    out = tmp_path / "bundle"
+    run("train", str(data), "--out", str(out), "--in-process", "--epochs-text", "2", "--epochs-image", "1",
+        "--image-size", "32", "--image-weights", "none", "--members", "text")
+    client = MlflowClient(TrackingConfig.from_env().uri)
+    runs = client.search_runs([client.get_experiment_by_name("rakuten").experiment_id])
+    run_ = next(r for r in runs if r.data.params.get("out") == str(out))
+    assert {"test_weighted_f1", "text_val_weighted_f1"} <= set(run_.data.metrics)
+    assert {"bundle", "reports"} <= {a.path for a in client.list_artifacts(run_.info.run_id)}
 
 
 def test_evaluate_json_has_the_contract_keys(flow, tmp_path):
@@ -91,6 +112,7 @@ def test_predict_writes_one_row_per_test_product(flow):
     (["train", "{data}", "--out", "{tmp}/b", "--image-weights", "imagenet", "--epochs-text", "1"],
      "Allowed --image-weights: imagenet"),
     (["train", "{data}", "--out", "{tmp}/b", "--members", "text,audio"], "members must be distinct names"),
+    (["train", "{data}", "--out", "{tmp}/b", "--no-tracking"], "--no-tracking needs --in-process"),
     (["evaluate", "{tmp}", "{data}"], "manifest.json is missing"),
     (["data", "synth", "{tmp}/s", "--products", "5"], "products must be"),
 ])

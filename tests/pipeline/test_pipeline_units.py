@@ -170,3 +170,10 @@ def test_cli_run_prints_bundle_scores_gate_and_report(monkeypatch: pytest.Monkey
 def test_cli_submit_refuses_local_paths() -> None:
     with pytest.raises(ConfigError, match="s3:// URI the cluster can read"):
         cli_main(["pipeline", "submit", "./data", "--host", "http://127.0.0.1:9"])
+
+
+def test_local_run_checks_its_uris_before_starting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the bundle would replace the data"):
+        local.run_local(str(tmp_path / "data"), str(tmp_path), TrainConfig())
+    with pytest.raises(ConfigError, match="needs a data URI and a bundle URI"):
+        local.run_local(str(tmp_path / "data"), "", TrainConfig())

@@ -328,7 +328,9 @@ def test_transformer_truncates_long_text(serving_bundle: Path, predictor: Rakute
     (httpx.Response(200, json={"model_name": "rakuten", "id": "1", "outputs": [
         {"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.5, 0.5]}]}),
      InferenceError, "do predictor and transformer load the same bundle?"),
-], ids=["connect", "timeout", "503", "404", "400", "500", "wrong-classes"])
+    (httpx.Response(200, content=b"not json", headers={"inference-header-content-length": "8"}), InferenceError,
+     "answered an unreadable V2 response"),
+], ids=["connect", "timeout", "503", "404", "400", "500", "wrong-classes", "unreadable"])
 def test_transformer_maps_predictor_failures(serving_bundle: Path, answer: Any, error: type[Exception],
                                              message: str) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
