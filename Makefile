@@ -24,7 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy rakuten_mm
+	$(BIN)/mypy rakuten_mm pipelines components
 	bash scripts/lint_platform.sh
 
 test: lint

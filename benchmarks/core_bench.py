@@ -48,7 +48,7 @@ def bench_feature_cache(work: Path, seed: int) -> None:
         cfg = TrainConfig(epochs_image=3, image_size=224, image_weights="none", feature_cache=cached, seed=seed,
                           batch_size=32)
         # Early stopping could cut a run short; patience (5) exceeds the 3 epochs, so all of them run.
-        train_image(prepared, work / f"fc-{cached}", cfg, on_epoch=lambda e, r: stamps.append(time.perf_counter()))
+        train_image(prepared, work / f"fc-{cached}", cfg, on_epoch=lambda e, r, s=stamps: s.append(time.perf_counter()))
         epochs = np.diff([start, *stamps])
         rows[cached] = (epochs[0], float(np.median(epochs[1:])))
     n_train = len(prepared.rows("train"))
