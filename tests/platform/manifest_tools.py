@@ -40,7 +40,8 @@ KUSTOMIZATIONS: dict[str, str] = {
     "canary": "manifests/overlays/canary",
 }
 # Manifests that are deliberately outside every kustomization (applied by hand).
-STANDALONE: list[str] = ["manifests/secrets/rakuten-s3.template.yaml"]
+STANDALONE: list[str] = ["manifests/secrets/rakuten-s3.template.yaml",
+                         "manifests/secrets/rakuten-pipeline.template.yaml"]
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"
