@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from serving.local import free_port
+
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rakuten-real"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -38,16 +34,11 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every test session gets its own state dir (MLflow store, pipeline roots), never the user's."""
-    old = {k: os.environ.get(k) for k in ("RAKUTEN_STATE_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")}
-    os.environ["RAKUTEN_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    yield
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAKUTEN_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -78,19 +69,15 @@ def moto_s3() -> Iterator[dict[str, str]]:
                             stderr=subprocess.DEVNULL)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
     try:
         wait_for_port(port, proc)
-        os.environ.update(env)
-        yield env
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            yield env
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture
