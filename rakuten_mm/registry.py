@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rakuten_mm.errors import ConfigError
-from rakuten_mm.tracking import Tracker, TrackingConfig, _client
+from rakuten_mm.tracking import Tracker, TrackingConfig, mlflow_client
 
 MODEL_NAME = "rakuten-product-classifier"
 CHAMPION = "champion"
@@ -115,7 +115,7 @@ def alias_version(cfg: TrackingConfig, alias: str, model_name: str = MODEL_NAME)
     from mlflow.exceptions import MlflowException
 
     try:
-        version = _client(cfg).get_registered_model(model_name).aliases.get(alias)
+        version = mlflow_client(cfg).get_registered_model(model_name).aliases.get(alias)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise

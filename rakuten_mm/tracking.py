@@ -33,7 +33,8 @@ class TrackingConfig:
         return cls(f"sqlite:///{root / 'mlflow.db'}", experiment, (root / "mlartifacts").as_uri())
 
 
-def _client(cfg: TrackingConfig) -> Any:
+def mlflow_client(cfg: TrackingConfig) -> Any:
+    """An ``MlflowClient`` for ``cfg`` (tracking and registry on the same store), telemetry off."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
@@ -45,12 +46,12 @@ class Tracker:
 
     def __init__(self, cfg: TrackingConfig, run_id: str) -> None:
         self.cfg, self.run_id = cfg, run_id
-        self.client = _client(cfg)
+        self.client = mlflow_client(cfg)
 
     @classmethod
     def start(cls, cfg: TrackingConfig, run_name: str, parent_run_id: str | None = None,
               tags: dict[str, str] | None = None) -> Tracker:
-        client = _client(cfg)
+        client = mlflow_client(cfg)
         experiment = client.get_experiment_by_name(cfg.experiment)
         experiment_id = (experiment.experiment_id if experiment else
                          client.create_experiment(cfg.experiment, artifact_location=cfg.artifact_root))

@@ -118,6 +118,8 @@ def test_predict_writes_one_row_per_test_product(flow):
 ])
 def test_user_errors_are_one_line_without_traceback(flow, tmp_path, args, message, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached ImageNet weights
+    for proxy in ("HTTPS_PROXY", "https_proxy"):  # and no download, even on a machine with network access
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
     _, data, _, _ = flow
     argv = [a.format(missing=tmp_path / "nope", tmp=tmp_path, data=data) for a in args]
     proc = run(*argv, check=False)
