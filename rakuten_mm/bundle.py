@@ -27,10 +27,11 @@ from rakuten_mm.errors import BundleError
 from rakuten_mm.image import BACKBONE, ImageHead, ImagePreset, backbone_features, backbone_from_state, decode_image
 from rakuten_mm.labels import LabelMap
 from rakuten_mm.text import CleaningSettings, TextClassifier, TextModelConfig, Vocabulary, clean_text, text_present
+from rakuten_mm.tfidf import FILE as TFIDF_FILE
+from rakuten_mm.tfidf import TfidfMember
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-MEMBERS = ("text", "image")
 
 
 def versions() -> dict[str, str]:
@@ -94,6 +95,7 @@ class Classifier:
     backbone: torch.nn.Module | None
     image_head: ImageHead | None
     config: dict[str, Any]
+    tfidf: TfidfMember | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, list[Any]] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -129,6 +131,9 @@ class Classifier:
                 feats = backbone_features(self.backbone, pixels, self.pre.image_preset, self.device)
                 out[mask] = torch.softmax(self.image_head(feats).float(), 1).cpu().numpy()
             probs["image"], present["image"] = out, mask
+        if self.tfidf is not None:
+            probs["tfidf"] = self.tfidf.predict_proba(np.asarray(token_ids))
+            present["tfidf"] = text_present(np.asarray(token_ids))
         return probs, present
 
     def predict_tensors(self, token_ids: np.ndarray, images: np.ndarray | None = None,
@@ -221,8 +226,9 @@ def load_bundle(uri: str | Path, device: torch.device | str = "cpu") -> Classifi
             backbone = backbone_from_state(_load_state(root, "image_backbone.pt"))
             head = ImageHead(len(pre.labels), **config["image"].get("head", {}))
             head.load_state_dict(_load_state(root, "image_head.pt"))
+        tfidf = TfidfMember.load(root / TFIDF_FILE) if "tfidf" in members else None
         classifier = Classifier(pre=pre, weights=dict(config["ensemble"]["weights"]), text_model=text_model,
-                                backbone=backbone, image_head=head, config=config,
+                                backbone=backbone, image_head=head, config=config, tfidf=tfidf,
                                 metrics=json.loads((root / "metrics.json").read_text()),
                                 splits=json.loads((root / "splits.json").read_text()))
     return classifier.to(torch.device(device))

@@ -12,6 +12,8 @@ from rakuten_mm.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 MEMBERS = ("text", "image")
+# Optional extra: TF-IDF over the text member's token ids (it needs the text member's vocabulary).
+OPTIONAL_MEMBERS = ("tfidf",)
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
-        bad = [m for m in self.members if m not in MEMBERS]
+        allowed = MEMBERS + OPTIONAL_MEMBERS
+        bad = [m for m in self.members if m not in allowed]
         if bad or not self.members or len(set(self.members)) != len(self.members):
-            raise ConfigError(f"members must be distinct names from {MEMBERS}, got {list(self.members)}")
+            raise ConfigError(f"members must be distinct names from {allowed}, got {list(self.members)}")
+        if "tfidf" in self.members and "text" not in self.members:
+            raise ConfigError("member tfidf reads the text member's token ids: add text to --members")
         for name in ("epochs_text", "epochs_image", "batch_size", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -182,7 +182,7 @@ def fit_ensemble(dataset_dir: str, text_dir: str, image_dir: str, bundle_dir: st
     started = time.perf_counter()
     cfg = load_train_config(train_config)
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
-    members = {name: Path(d) for name, d in (("text", text_dir), ("image", image_dir)) if name in cfg.members}
+    members = training.member_dirs(Path(text_dir), Path(image_dir), cfg)
     with _step("fit_ensemble", started, parent):
         metrics = training.fit_ensemble(training.load_prepared(Path(dataset_dir)), members, bundle_dir, cfg)
         weights = {f"weight_{k}": float(v) for k, v in metrics["weights"].items()}

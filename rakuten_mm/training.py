@@ -35,6 +35,8 @@ from rakuten_mm.image import (
 )
 from rakuten_mm.labels import LabelMap
 from rakuten_mm.text import CleaningSettings, TextClassifier, TextModelConfig, Vocabulary, clean_text, text_present
+from rakuten_mm.tfidf import FILE as TFIDF_FILE
+from rakuten_mm.tfidf import TfidfMember
 
 PREPARED = "dataset.json"
 ROWS = "rows.csv"
@@ -122,7 +124,24 @@ def train_text(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: Ep
     probs = {s: predict_proba(model, ids[s], device) for s in ("val", "test")}
     present = {s: text_present(ids[s].numpy()) for s in ("val", "test")}
     _save_probs(out_dir, probs, present)
+    if "tfidf" in cfg.members:
+        _train_tfidf({s: ids[s].numpy() for s in SPLITS}, y, present, out_dir / "tfidf", len(labels))
     return score(y["val"], probs["val"], labels)
+
+
+def _train_tfidf(ids: dict[str, np.ndarray], y: dict[str, np.ndarray], present: dict[str, np.ndarray],
+                 out_dir: Path, num_classes: int) -> None:
+    """The optional TF-IDF member, on the text member's token ids; its own member directory inside the text one."""
+    member = TfidfMember.fit(ids["train"], y["train"], num_classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    member.save(out_dir / TFIDF_FILE)
+    _save_probs(out_dir, {s: member.predict_proba(ids[s]) for s in ("val", "test")}, present)
+
+
+def member_dirs(text_dir: Path, image_dir: Path, cfg: TrainConfig) -> dict[str, Path]:
+    """Member name → the directory its training stage wrote (``tfidf`` lives inside the text member's)."""
+    dirs = {"text": text_dir, "image": image_dir, "tfidf": text_dir / "tfidf"}
+    return {name: dirs[name] for name in ("text", "image", "tfidf") if name in cfg.members}
 
 
 def train_image(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: EpochCallback | None = None,
@@ -179,7 +198,7 @@ def fit_ensemble(prepared: Prepared, members: dict[str, Path], out: str, cfg: Tr
                  labels: LabelMap | None = None, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tune ensemble weights on the validation split, score val + test, and publish the bundle to ``out``."""
     labels = labels or LabelMap.default()
-    names = [m for m in ("text", "image") if m in members]
+    names = [m for m in ("text", "image", "tfidf") if m in members]
     y = {s: _targets(prepared.rows(s), labels) for s in ("val", "test")}
     probs: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
     present: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
@@ -212,6 +231,8 @@ def fit_ensemble(prepared: Prepared, members: dict[str, Path], out: str, cfg: Tr
         config["image"] = {k: image_meta[k] for k in ("backbone", "weights_source", "preset")}
         files["image_backbone.pt"] = members["image"] / "image_backbone.pt"
         files["image_head.pt"] = members["image"] / "image_head.pt"
+    if "tfidf" in members:
+        files[TFIDF_FILE] = members["tfidf"] / TFIDF_FILE
     config["cleaning"] = cleaning.to_json()
     metrics["bundle_uri"] = bundle.write_bundle(out, files, config, vocab, metrics, prepared.splits)
     return metrics
@@ -229,15 +250,13 @@ def train(data_uri: str, out: str, cfg: TrainConfig, options: DataOptions = Data
     with tempfile.TemporaryDirectory(prefix="rakuten-train-") as tmp:
         work = Path(tmp)
         prepared = preprocess(data_uri, work / "dataset", options, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-        members: dict[str, Path] = {}
         for name, stage in (("text", train_text), ("image", train_image)):
             if name in cfg.members:
                 def epoch_log(epoch: int, record: dict[str, float], name: str = name) -> None:
                     if log:
                         log(f"{name}_", record, epoch)
                 stage(prepared, work / name, cfg, on_epoch=epoch_log)
-                members[name] = work / name
-        metrics = fit_ensemble(prepared, members, out, cfg)
+        metrics = fit_ensemble(prepared, member_dirs(work / "text", work / "image", cfg), out, cfg)
     return TrainResult(metrics["bundle_uri"], metrics)
 
 
