@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from common import machine
 
 from rakuten_mm.bundle import load_bundle
 from rakuten_mm.config import TrainConfig
@@ -31,11 +30,6 @@ from rakuten_mm.synth import generate
 from rakuten_mm.training import preprocess, train, train_image
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "rakuten-real"
-
-
-def machine() -> str:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return f"{platform.processor() or platform.machine()}, {device}, torch {torch.__version__}"
 
 
 def bench_feature_cache(work: Path, seed: int) -> None:

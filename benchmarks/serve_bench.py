@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import sys
@@ -40,6 +39,8 @@ import tritonclient.http as triton  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/ from the checkout
 
+from common import machine  # noqa: E402
+
 from rakuten_mm.bundle import load_bundle  # noqa: E402
 from rakuten_mm.config import TrainConfig  # noqa: E402
 from rakuten_mm.synth import generate  # noqa: E402
@@ -47,11 +48,6 @@ from rakuten_mm.training import train  # noqa: E402
 from serving.local import LocalServers  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "rakuten-real"
-
-
-def machine() -> str:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return f"{platform.processor() or platform.machine()}, {device}, torch {torch.__version__}"
 
 
 def make_bundle(work: Path, seed: int) -> Path:
