@@ -45,7 +45,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                         help="imagenet (torchvision weights), none (random init) or PATH_OR_URI of a VGG16 state_dict")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--members", default=",".join(d.members), help="ensemble members: text,image (the default pair) plus optionally tfidf (needs text)")
+    parser.add_argument("--members", default=",".join(d.members),
+                        help="ensemble members: text,image (the default pair), optionally plus tfidf (needs text)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--no-feature-cache", action="store_true",
                         help="run VGG16 on every epoch with augmentation instead of caching its features")
