@@ -24,7 +24,15 @@ import torchvision
 from rakuten_mm import __version__, storage
 from rakuten_mm.ensemble import combine
 from rakuten_mm.errors import BundleError
-from rakuten_mm.image import BACKBONE, ImageHead, ImagePreset, backbone_features, backbone_from_state, decode_image
+from rakuten_mm.image import (
+    BACKBONE,
+    DEFAULT_MAX_PIXELS,
+    ImageHead,
+    ImagePreset,
+    backbone_features,
+    backbone_from_state,
+    decode_image,
+)
 from rakuten_mm.labels import LabelMap
 from rakuten_mm.text import CleaningSettings, TextClassifier, TextModelConfig, Vocabulary, clean_text, text_present
 from rakuten_mm.tfidf import FILE as TFIDF_FILE
@@ -71,16 +79,15 @@ class Preprocessor:
         texts = [clean_text(a, b, self.cleaning) for a, b in zip(designations, descriptions, strict=True)]
         return self.vocab.encode_batch(texts, self.cleaning.max_tokens)
 
-    def encode_images(self, blobs: Sequence[bytes | None], max_pixels: int | None = None) -> tuple[np.ndarray,
-                                                                                                 np.ndarray]:
+    def encode_images(self, blobs: Sequence[bytes | None],
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
         """Raw image bytes (``None``/empty = absent) → ``uint8 [B, 3, S, S]`` and a presence mask ``bool [B]``."""
         size = self.image_preset.size
         out = np.zeros((len(blobs), 3, size, size), dtype=np.uint8)
         mask = np.zeros(len(blobs), dtype=bool)
-        kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         for i, blob in enumerate(blobs):
             if blob:
-                out[i] = self.image_preset.to_uint8(decode_image(blob, **kwargs))
+                out[i] = self.image_preset.to_uint8(decode_image(blob, max_pixels))
                 mask[i] = True
         return out, mask
 

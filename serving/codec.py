@@ -103,19 +103,23 @@ def _flatten_strings(name: str, data: Iterable[Any]) -> list[bytes]:
     return out
 
 
+def _bytes_tensor(name: str, shape: Sequence[int], elements: list[bytes], what: str) -> np.ndarray:
+    """BYTES elements → an object array of ``shape``; a count that does not fit the shape is a 400."""
+    expected = _count(shape)
+    if len(elements) != expected:
+        raise InvalidInput(f"{_name(name)}: shape {list(shape)} holds {expected} elements, got {len(elements)} {what}")
+    out = np.empty(len(elements), dtype=object)
+    out[:] = elements
+    return out.reshape(shape)
+
+
 def from_json(name: str, datatype: str, shape: Sequence[int], data: object) -> np.ndarray:
     """JSON ``data`` (flat or nested list) → a numpy array of ``shape``; every mismatch is a 400."""
     expected = _count(shape)
     if datatype == "BYTES":
         if not isinstance(data, list | tuple | np.ndarray):
             raise InvalidInput(f"{_name(name)}: data must be a list, got {type(data).__name__}")
-        elements = _flatten_strings(name, data)
-        if len(elements) != expected:
-            raise InvalidInput(f"{_name(name)}: shape {list(shape)} holds {expected} elements, "
-                               f"got {len(elements)} values")
-        out = np.empty(len(elements), dtype=object)
-        out[:] = elements
-        return out.reshape(shape)
+        return _bytes_tensor(name, shape, _flatten_strings(name, data), "values")
     if not isinstance(data, list | tuple | np.ndarray):
         raise InvalidInput(f"{_name(name)}: data must be a list, got {type(data).__name__}")
     try:
@@ -173,13 +177,7 @@ def from_binary(name: str, datatype: str, shape: Sequence[int], raw: bytes | mem
     """Binary tensor bytes → a numpy array of ``shape`` (fixed-size types share memory with ``raw``)."""
     expected = _count(shape)
     if datatype == "BYTES":
-        elements = split_bytes_elements(name, raw)
-        if len(elements) != expected:
-            raise InvalidInput(f"{_name(name)}: shape {list(shape)} holds {expected} elements, "
-                               f"got {len(elements)} binary BYTES elements")
-        out = np.empty(len(elements), dtype=object)
-        out[:] = elements
-        return out.reshape(shape)
+        return _bytes_tensor(name, shape, split_bytes_elements(name, raw), "binary BYTES elements")
     dtype = DATATYPES[datatype]
     if len(raw) != expected * dtype.itemsize:
         raise InvalidInput(f"{_name(name)}: shape {list(shape)} of {datatype} needs {expected * dtype.itemsize} "

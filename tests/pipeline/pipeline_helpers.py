@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.tracking import TrackingConfig
@@ -29,17 +30,10 @@ TINY_FLAGS = ["--epochs-text", "1", "--epochs-image", "1", "--image-size", "32",
 @contextlib.contextmanager
 def state_dir(path: Path) -> Iterator[Path]:
     """Point RAKUTEN_STATE_DIR (and so MLflow's default store) at ``path`` for the block."""
-    old = {k: os.environ.get(k) for k in ("RAKUTEN_STATE_DIR", "MLFLOW_TRACKING_URI")}
-    os.environ["RAKUTEN_STATE_DIR"] = str(path)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAKUTEN_STATE_DIR", str(path))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
         yield path
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def tracking(state: Path) -> TrackingConfig:
