@@ -2,7 +2,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.image import component
+from components.base import component
 
 
 @component

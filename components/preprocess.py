@@ -2,7 +2,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Dataset, Output
 
-from components.image import component
+from components.base import component
 
 
 @component
@@ -30,13 +30,9 @@ def preprocess(
     dataset: Output[Dataset],
 ) -> NamedTuple("PreprocessOutputs", [("mlflow_run_id", str), ("train_config", str), ("data_version", str)]):  # type: ignore[valid-type]
     """Validate the labelled data (the validation report is the error), record a seeded stratified train/val/test
-    split, and open the pipeline run's parent MLflow run."""
+    split, and open the pipeline run's parent MLflow run. The parameters from epochs_text to ensemble_step are
+    TrainConfig's fields (rakuten_mm.config), passed on by name."""
+    parameters = dict(locals())  # every parameter above, by name (taken before any local name exists)
     from rakuten_mm import steps
 
-    return steps.preprocess(
-        data_uri, dataset.path, epochs_text=epochs_text, epochs_image=epochs_image, image_size=image_size,
-        image_weights=image_weights, device=device, seed=seed, members=members, batch_size=batch_size,
-        feature_cache=feature_cache, val_fraction=val_fraction, test_fraction=test_fraction, max_tokens=max_tokens,
-        ensemble_step=ensemble_step, on_bad_rows=on_bad_rows, on_missing_image=on_missing_image,
-        tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment, run_name=kfp_run_name,
-        tags={"kfp.run_id": kfp_run_id, "kfp.run_name": kfp_run_name}, metadata=dataset.metadata)
+    return steps.preprocess_parameters(parameters, dataset.path, metadata=dataset.metadata)

@@ -17,7 +17,7 @@ from typing import Any
 
 import rakuten_mm
 from pipelines.compile import DEFAULT_PACKAGE
-from pipelines.training import PIPELINE_NAME
+from pipelines.training_pipeline import PIPELINE_NAME
 from rakuten_mm.errors import ConfigError
 
 DEFAULT_EXPERIMENT = "rakuten"

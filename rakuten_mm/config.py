@@ -1,61 +1,130 @@
-"""Typed configuration objects; built once at the edge (CLI, component, server) and passed down."""
+"""Typed configuration objects; built once at the edge (CLI, component, server) and passed down.
+
+:class:`TrainConfig` is the one definition of every training option: its fields carry the help text, and the
+class derives from them its JSON form, its command-line options (:meth:`TrainConfig.add_arguments`) and the
+training pipeline's parameters (:meth:`TrainConfig.pipeline_parameters`). Adding an option is a field here plus
+the parameter in ``components/preprocess.py``'s signature (KFP ships that function's source as it is written).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from rakuten_mm import members as member_registry
 from rakuten_mm.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICES = ("auto", "cpu", "cuda")
-MEMBERS = ("text", "image")
-# Optional extra: TF-IDF over the text member's token ids (it needs the text member's vocabulary).
-OPTIONAL_MEMBERS = ("tfidf",)
+
+
+def _option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training knob. ``image_weights``: ``imagenet``, ``none`` or a path/s3 URI of a VGG16 state_dict."""
+    """Every training knob (see each field's help, which is also its ``--option`` help)."""
 
-    epochs_text: int = 10
-    epochs_image: int = 10
-    image_size: int = 224
-    image_weights: str = "imagenet"
-    device: str = "auto"
-    seed: int = 0
-    members: tuple[str, ...] = MEMBERS
-    batch_size: int = 32
+    epochs_text: int = _option(10, "epochs of the text model (early-stopped on validation weighted F1)")
+    epochs_image: int = _option(10, "epochs of the image head (early-stopped on validation weighted F1)")
+    image_size: int = _option(224, "side of the square image the image model sees, 32-256 px (the serving hop's "
+                                   "canonical images are 256 px)")
+    image_weights: str = _option("imagenet", "VGG16 base weights: imagenet (torchvision), none (random init) or "
+                                             "PATH_OR_URI of a VGG16 state_dict")
+    device: str = _option("auto", "where to train: auto (CUDA when present), cpu or cuda", choices=DEVICES)
+    seed: int = _option(0, "seed of the split, initialisation and shuffling")
+    members: tuple[str, ...] = _option(member_registry.DEFAULT, "ensemble members, comma-separated: "
+                                       f"{','.join(member_registry.DEFAULT)} (the default pair), optionally plus "
+                                       "tfidf (needs text)")
+    batch_size: int = _option(32, "training batch size")
     # Frozen VGG16 base: its features are computed once per split and only the head trains on them.
-    feature_cache: bool = True
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    max_tokens: int = 96
-    ensemble_step: float = 0.05
+    feature_cache: bool = _option(True, "cache the frozen VGG16 base's features once per split (--no-feature-cache: "
+                                        "run VGG16 on every epoch, with augmentation)")
+    val_fraction: float = _option(0.15, "share of the labelled rows in the validation split")
+    test_fraction: float = _option(0.15, "share of the labelled rows in the held-out test split")
+    max_tokens: int = _option(96, "tokens of cleaned text the text model reads per product")
+    ensemble_step: float = _option(0.05, "grid step of the ensemble weight search (must divide 1)")
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
-        allowed = MEMBERS + OPTIONAL_MEMBERS
-        bad = [m for m in self.members if m not in allowed]
-        if bad or not self.members or len(set(self.members)) != len(self.members):
-            raise ConfigError(f"members must be distinct names from {allowed}, got {list(self.members)}")
-        if "tfidf" in self.members and "text" not in self.members:
-            raise ConfigError("member tfidf reads the text member's token ids: add text to --members")
+        object.__setattr__(self, "members", member_registry.parse(self.members))
         for name in ("epochs_text", "epochs_image", "batch_size", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 32 <= self.image_size <= 1024:
-            raise ConfigError(f"image size must be between 32 and 1024 pixels, got {self.image_size}")
+        if not 32 <= self.image_size <= 256:
+            raise ConfigError(f"image size must be between 32 and 256 pixels, got {self.image_size}")
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "members": list(self.members)}
+        return {**dataclasses.asdict(self), "members": list(self.members)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
+        """From :meth:`to_json`'s form or the pipeline's parameters (members as ``"a,b"``; numbers may arrive as
+        floats or strings from KFP): each value is converted to its field's type; unknown keys are an error."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(obj) - set(fields)):
+            raise ConfigError(f"unknown training options {unknown}; allowed: {sorted(fields)}")
+        values: dict[str, Any] = {}
+        for name, value in obj.items():
+            kind = fields[name].type
+            try:
+                if name == "members":
+                    values[name] = member_registry.parse(value)
+                elif kind == "bool":
+                    values[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true")
+                elif kind == "int":
+                    values[name] = int(float(value)) if float(value).is_integer() else int(value)
+                elif kind == "float":
+                    values[name] = float(value)
+                else:
+                    values[name] = str(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be of type {kind}, got {value!r}") from None
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One ``--option`` per field, with its help and default."""
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            extra = {k: v for k, v in f.metadata.items() if k != "help"}
+            help_text = f"{f.metadata['help']} (default: %(default)s)"
+            if f.type == "bool":
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            elif f.name == "members":
+                parser.add_argument(flag, default=",".join(f.default), help=help_text)
+            else:
+                kind = {"int": int, "float": float}.get(str(f.type), str)
+                parser.add_argument(flag, type=kind, default=f.default, help=help_text, **extra)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        return cls.from_json({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def pipeline_parameters(cls) -> list[tuple[str, type, Any]]:
+        """``(name, type, default)`` of each pipeline parameter (members travel as a comma-separated string)."""
+        kinds = {"int": int, "float": float, "bool": bool}
+        return [(f.name, kinds.get(str(f.type), str), ",".join(f.default) if f.name == "members" else f.default)
+                for f in dataclasses.fields(cls)]
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """This configuration as the pipeline's parameter values."""
+        return {**dataclasses.asdict(self), "members": ",".join(self.members)}
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a configuration error."""
+    import torch
+
     if name not in DEVICES:
         raise ConfigError(f"device must be one of {DEVICES}, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():

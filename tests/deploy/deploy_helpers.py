@@ -1,58 +1,21 @@
-"""Constants and helpers shared by tests/deploy (the fake API server's client, the objects, diffs)."""
+"""Constants and helpers shared by tests/deploy (the objects, diffs)."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import json
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-CRD_PATH = REPO_ROOT.parent / "shared" / "schemas" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
 NAMESPACE = "ml-team"
 IMAGE = "registry.test/rakuten/rakuten-serving:1.2.3"
 OLD_URI = "s3://models/rakuten/runs/1/bundle"
 NEW_URI = "s3://models/rakuten/runs/2/bundle"
 
 
-class FakeKube:
-    """Talks to the fake's control endpoints; ``client()`` is an ApiClient for the code under test."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def _control(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-    def reset(self, **config: Any) -> None:
-        self._control("POST", "/_fake/reset", config)
-
-    def requests(self, method: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self._control("GET", "/_fake/requests") if method is None or r["method"] == method]
-
-    def object(self, name: str = "rakuten", namespace: str = NAMESPACE) -> dict[str, Any]:
-        found = [o for o in self._control("GET", "/_fake/objects")
-                 if o["metadata"]["name"] == name and o["metadata"]["namespace"] == namespace]
-        assert len(found) == 1, f"expected InferenceService {namespace}/{name} in the fake"
-        return found[0]
-
-    def client(self) -> Any:
-        from pipelines.deploy import kube_api_client
-
-        return kube_api_client(host=self.url)
-
-
 def existing_isvc(uri: str = OLD_URI, *, annotations: dict[str, str] | None = None, ready: bool = True,
                   **predictor_fields: Any) -> dict[str, Any]:
     """An InferenceService as `kubectl apply -k` would have left it (the base manifest), serving ``uri``."""
-    from pipelines.deploy import creation_body, default_manifest
+    from rollout.defaults import default_manifest
+    from rollout.spec import creation_body
 
     obj = creation_body(default_manifest(), uri, "rakuten", NAMESPACE, image=IMAGE)
     obj["metadata"].setdefault("annotations", {}).update(annotations or {})
@@ -61,6 +24,14 @@ def existing_isvc(uri: str = OLD_URI, *, annotations: dict[str, str] | None = No
         obj["status"] = {"observedGeneration": 1, "url": f"http://rakuten.{NAMESPACE}.example.com",
                          "conditions": [{"type": "Ready", "status": "True"}]}
     return copy.deepcopy(obj)
+
+
+def with_transformer_uri(isvc: dict[str, Any], uri: str) -> dict[str, Any]:
+    """``isvc`` as an older manifest had it: the transformer's kserve-container names the bundle too."""
+    isvc = copy.deepcopy(isvc)
+    (container,) = [c for c in isvc["spec"]["transformer"]["containers"] if c["name"] == "kserve-container"]
+    container["env"] = [{"name": "STORAGE_URI", "value": uri}, *container.get("env", [])]
+    return isvc
 
 
 def changed_paths(before: Any, after: Any, prefix: str = "") -> set[str]:
@@ -84,16 +55,3 @@ def content_changes(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     """What a deploy changed, leaving out what the API server and controller maintain."""
     volatile = ("/metadata/resourceVersion", "/metadata/generation", "/status")
     return {p for p in changed_paths(before, after) if not p.startswith(volatile)}
-
-
-def load_manifest_tools() -> Any:
-    path = REPO_ROOT / "tests" / "platform" / "manifest_tools.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("rakuten_platform_manifest_tools", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-

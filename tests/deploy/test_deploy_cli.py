@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from deploy_helpers import IMAGE, NAMESPACE, NEW_URI, OLD_URI, REPO_ROOT, existing_isvc
+from deploy_helpers import IMAGE, NAMESPACE, NEW_URI, OLD_URI, existing_isvc
+
+from tests.support.cli import rakuten as run_rakuten
 
 pytestmark = [pytest.mark.platform, pytest.mark.integration]
 
-RAKUTEN = Path(sys.executable).parent / "rakuten"
 FAST = ["--timeout", "10", "--poll", "0.02"]
-
-
-def rakuten(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    if not RAKUTEN.is_file():
-        pytest.skip(f"{RAKUTEN} is not installed (pip install -e .)")
-    run_env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
-    run_env.update(env or {})
-    return subprocess.run([str(RAKUTEN), *args], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
-                          env=run_env, check=False)
+# Never the developer's cluster: no in-cluster service account, no kubeconfig unless a test sets one.
+rakuten = functools.partial(run_rakuten, unset=("KUBERNETES_SERVICE_HOST", "KUBECONFIG"), timeout=60)
 
 
 def one_json_line(proc: subprocess.CompletedProcess) -> dict:

@@ -67,7 +67,7 @@ def failed_runs(broken_runs_started: Started) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def local_run(broken_runs_started: Started, synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The whole pipeline under kfp.local: local data in, local bundle out, both members (first registration)."""
-    from pipelines.local import run_local
+    from pipelines.local_runner import run_local
 
     state = tmp_path_factory.mktemp("pipeline-state")
     out = tmp_path_factory.mktemp("pipeline-out") / "bundle"
@@ -83,7 +83,7 @@ def worse_s3_run(local_run: Run, synth_data: Path, moto_s3: dict[str, str],
     """A second run into the same registry: shuffled labels from S3, bundle to S3, text member only."""
     import boto3
 
-    from pipelines.local import run_local
+    from pipelines.local_runner import run_local
     from rakuten_mm import storage
 
     bucket = f"pipeline-{os.getpid()}"

@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,9 +18,9 @@ import pytest
 
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.tracking import TrackingConfig
+from tests.support.cli import RAKUTEN
+from tests.support.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
-RAKUTEN = Path(sys.executable).parent / "rakuten"
 # Small but learnable: the gate test needs this to clearly beat the shuffled-label run.
 TINY = TrainConfig(epochs_text=4, epochs_image=2, image_size=32, image_weights="none", batch_size=32)
 TINY_FLAGS = ["--epochs-text", "1", "--epochs-image", "1", "--image-size", "32", "--image-weights", "none"]
@@ -77,7 +76,7 @@ def run_cli(args: list[str], state: Path, timeout: float = 600) -> subprocess.Po
     """Start ``rakuten ARGS`` with its own state dir (the caller waits: runs go in parallel)."""
     env = {**os.environ, "RAKUTEN_STATE_DIR": str(state), "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([str(RAKUTEN), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([str(RAKUTEN), *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

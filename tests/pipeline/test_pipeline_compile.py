@@ -14,10 +14,10 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.image import IMAGE
-from pipelines.cli import main as cli_main
+from components.base import IMAGE
 from pipelines.compile import DEFAULT_PACKAGE, compile_pipeline
-from pipelines.training import GPU_STEPS, RESOURCES, ClusterSettings, Toleration, parse_node_selector
+from pipelines.training_pipeline import GPU_STEPS, RESOURCES, ClusterSettings, Toleration, parse_node_selector
+from rakuten_cli.pipeline import main as cli_main
 from rakuten_mm.errors import ConfigError
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.unit]
@@ -174,10 +174,9 @@ def test_component_bodies_are_imports_plus_one_call() -> None:
     import components.fit_ensemble
     import components.preprocess
     import components.register
-    import components.train_lstm
-    import components.train_vgg16
+    import components.train_member
 
-    modules = [components.preprocess, components.train_lstm, components.train_vgg16, components.fit_ensemble,
+    modules = [components.preprocess, components.train_member, components.fit_ensemble,
                components.evaluate, components.register, components.deploy]
     for module in modules:
         (component,) = [v for v in vars(module).values() if hasattr(v, "python_func")]
@@ -186,6 +185,6 @@ def test_component_bodies_are_imports_plus_one_call() -> None:
         assert isinstance(func, ast.FunctionDef)
         body = [s for s in func.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
         imports = [s for s in body if isinstance(s, ast.ImportFrom)]
-        assert {i.module.split(".")[0] for i in imports if i.module} <= {"rakuten_mm", "pipelines"}, module
+        assert {i.module.split(".")[0] for i in imports if i.module} <= {"rakuten_mm", "rollout"}, module
         calls = [s for s in body if not isinstance(s, ast.ImportFrom)]
         assert len(calls) <= 2 and not any(isinstance(s, ast.If | ast.For | ast.While | ast.Try) for s in calls)

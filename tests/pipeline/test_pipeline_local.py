@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from pipeline_helpers import BROKEN, Run, mlflow_client, tracking
 
-from rakuten_mm.bundle import load_bundle
 from rakuten_mm.data import load_labelled
 from rakuten_mm.inference import predict_rows
+from rakuten_mm.model import load_bundle
 from rakuten_mm.registry import CHALLENGER, CHAMPION, MODEL_NAME, SCORE_TAG, alias_version
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.e2e, pytest.mark.slow]

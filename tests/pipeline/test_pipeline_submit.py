@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pipelines.cli import main as cli_main
 from pipelines.compile import DEFAULT_PACKAGE
 from pipelines.submit import SubmitRequest, submit
+from rakuten_cli.pipeline import main as cli_main
 from rakuten_mm.errors import ConfigError
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.integration]

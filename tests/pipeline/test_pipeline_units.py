@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pipelines import local
-from pipelines.cli import main as cli_main
-from pipelines.local import PipelineFailed, pipeline_arguments, step_error
+from pipelines import local_runner
+from pipelines.local_runner import PipelineFailed, pipeline_arguments, step_error
+from rakuten_cli.pipeline import main as cli_main
 from rakuten_mm import registry, steps
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.data import DataOptions
@@ -128,7 +128,7 @@ def test_other_step_failures_say_which_task_and_what_broke() -> None:
 
 
 def test_run_arguments_cover_every_pipeline_parameter_but_deploy() -> None:
-    from pipelines.training import build
+    from pipelines.training_pipeline import build
 
     cfg = TrainConfig(epochs_text=3, members=("text",), feature_cache=False)
     args = pipeline_arguments("s3://b/data", "s3://b/out", cfg, DataOptions(on_missing_image="text-only"))
@@ -158,7 +158,7 @@ def test_cli_run_prints_bundle_scores_gate_and_report(monkeypatch: pytest.Monkey
                 "gate": {"model_version": "7", "decision": "kept the champion: ..."}, "report": "/r.html",
                 "mlflow_run_id": "abc"}
 
-    monkeypatch.setattr(local, "run_local", fake_run_local)
+    monkeypatch.setattr(local_runner, "run_local", fake_run_local)
     assert cli_main(["pipeline", "run", "data", "--out", "b", "--epochs-text", "2", "--image-weights", "none",
                      "--min-improvement", "0.01", "--on-bad-rows", "drop"]) == 0
     out = capsys.readouterr().out
@@ -174,6 +174,6 @@ def test_cli_submit_refuses_local_paths() -> None:
 
 def test_local_run_checks_its_uris_before_starting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="the bundle would replace the data"):
-        local.run_local(str(tmp_path / "data"), str(tmp_path), TrainConfig())
+        local_runner.run_local(str(tmp_path / "data"), str(tmp_path), TrainConfig())
     with pytest.raises(ConfigError, match="needs a data URI and a bundle URI"):
-        local.run_local(str(tmp_path / "data"), "", TrainConfig())
+        local_runner.run_local(str(tmp_path / "data"), "", TrainConfig())

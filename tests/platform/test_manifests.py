@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import importlib.util
 import os
 import re
 import shutil
@@ -22,32 +21,18 @@ from typing import Any
 
 import pytest
 
+from tests.support.paths import REPO_ROOT
+from tests.support.schemas import isvc_schema_errors
+from tools import manifest_lint as mt
+
 pytestmark = pytest.mark.platform
 
-
-def _load_tools():
-    # By path: tests/platform is not a package (a package named `platform` would shadow the stdlib).
-    spec = importlib.util.spec_from_file_location(
-        "rakuten_platform_manifest_tools", Path(__file__).with_name("manifest_tools.py")
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mt = _load_tools()
-
-REPO_ROOT: Path = mt.REPO_ROOT
-CRD_PATH = REPO_ROOT.parent / "shared" / "schemas" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
 OVERLAYS = list(mt.KUSTOMIZATIONS)
 PLACEHOLDER = "REPLACE_ME"
 RUN_AS_USER = 10001  # the UID of images/*.Dockerfile
-# The deploy step patches these (JSON pointers into the InferenceService); manifests/README.md documents them.
-STORAGE_URI_POINTERS = {
-    "predictor": "/spec/predictor/containers/0/env/0",
-    "transformer": "/spec/transformer/containers/0/env/0",
-}
+# Where the bundle URI is (a JSON pointer into the InferenceService); manifests/README.md documents it for
+# `kubectl patch`. Only the predictor names the bundle: the transformer needs none.
+STORAGE_URI_POINTER = "/spec/predictor/containers/0/env/0"
 SECRETISH_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 
 
@@ -63,14 +48,6 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
     return {name: mt.render(directory) for name, directory in mt.KUSTOMIZATIONS.items()}
 
 
-@pytest.fixture(scope="module")
-def crd_validator():
-    if not CRD_PATH.is_file():
-        pytest.skip(f"KServe CRD schema not found at {CRD_PATH} (it lives in the shared/ folder beside the repo)")
-    pytest.importorskip("jsonschema")
-    return mt.isvc_validator(mt.load_crd(CRD_PATH), "v1beta1")
-
-
 def _isvcs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in docs if mt.is_isvc(d)]
 
@@ -79,10 +56,6 @@ def _the_isvc(docs: list[dict[str, Any]]) -> dict[str, Any]:
     isvcs = _isvcs(docs)
     assert [i["metadata"]["name"] for i in isvcs] == ["rakuten"]
     return isvcs[0]
-
-
-def _errors(validator, doc: dict[str, Any]) -> list[str]:
-    return mt.schema_errors(validator, doc)
 
 
 def _pointer(doc: Any, pointer: str) -> Any:
@@ -107,10 +80,10 @@ def _all_manifest_files() -> list[Path]:
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
-def test_inferenceservice_matches_crd_schema(rendered, crd_validator, name):
+def test_inferenceservice_matches_crd_schema(rendered, name):
     isvc = _the_isvc(rendered[name])
     assert isvc["apiVersion"] == mt.ISVC_API_VERSION
-    assert _errors(crd_validator, isvc) == []
+    assert isvc_schema_errors(isvc) == []
 
 
 @pytest.mark.parametrize(
@@ -123,29 +96,29 @@ def test_inferenceservice_matches_crd_schema(rendered, crd_validator, name):
         ("/spec/predictor", "predicter"),
     ],
 )
-def test_crd_schema_rejects_a_misspelled_field(rendered, crd_validator, pointer, typo):
+def test_crd_schema_rejects_a_misspelled_field(rendered, pointer, typo):
     isvc = copy.deepcopy(_the_isvc(rendered["canary"]))
     parent_pointer, _, field = pointer.rpartition("/")
     parent = _pointer(isvc, parent_pointer)
     parent[typo] = parent.pop(field)
-    errors = _errors(crd_validator, isvc)
+    errors = isvc_schema_errors(isvc)
     assert any(typo in e and "Additional properties are not allowed" in e for e in errors), errors
 
 
-def test_crd_schema_still_accepts_free_form_maps(rendered, crd_validator):
+def test_crd_schema_still_accepts_free_form_maps(rendered):
     # Strictness must not reject what the API server accepts: maps (nodeSelector, annotations,
     # resource names) and metadata stay open.
     isvc = copy.deepcopy(_the_isvc(rendered["base"]))
     isvc["metadata"].setdefault("annotations", {})["example.com/anything"] = "x"
     isvc["spec"]["predictor"]["nodeSelector"] = {"example.com/pool": "a"}
     isvc["spec"]["predictor"]["containers"][0]["resources"]["limits"]["example.com/device"] = "1"
-    assert _errors(crd_validator, isvc) == []
+    assert isvc_schema_errors(isvc) == []
 
 
-def test_crd_schema_rejects_a_wrong_type(rendered, crd_validator):
+def test_crd_schema_rejects_a_wrong_type(rendered):
     isvc = copy.deepcopy(_the_isvc(rendered["base"]))
     isvc["spec"]["predictor"]["minReplicas"] = "one"
-    assert any("minReplicas" in e for e in _errors(crd_validator, isvc))
+    assert any("minReplicas" in e for e in isvc_schema_errors(isvc))
 
 
 # ---------------------------------------------------------------- (b) built-in kinds, kubernetes-validate --strict
@@ -298,26 +271,29 @@ def test_pipeline_rbac_is_limited_to_inferenceservices(rendered, name):
 def test_serving_contract(rendered, name):
     isvc = _the_isvc(rendered[name])
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
-    for component, pointer in STORAGE_URI_POINTERS.items():
-        env = _pointer(isvc, pointer)
-        assert env["name"] == "STORAGE_URI" and env["value"].startswith("s3://"), (component, env)
+    env = _pointer(isvc, STORAGE_URI_POINTER)
+    assert env["name"] == "STORAGE_URI" and env["value"].startswith("s3://"), env
+    for component in ("predictor", "transformer"):
         container = isvc["spec"][component]["containers"][0]
         assert container["name"] == "kserve-container"  # where KServe reads STORAGE_URI from
         assert container["image"] == isvc["spec"]["predictor"]["containers"][0]["image"]
         assert "@" in container["image"] or re.search(r":[\w.-]+$", container["image"]), "image has no tag"
-        assert [p["containerPort"] for p in container["ports"]] == [8080]
+        assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]  # no gRPC
+        assert not [a for a in container["args"] if "grpc" in a], f"{component}: gRPC is not served"
         assert isvc["spec"][component]["minReplicas"] >= 1
     predictor_args = isvc["spec"]["predictor"]["containers"][0]["args"]
     assert predictor_args[:2] == ["serve", "predictor"]
     assert _flag(predictor_args, "--model_dir") == "/mnt/models"
     assert _flag(predictor_args, "--http_port") == "8080"
-    assert _flag(predictor_args, "--grpc_port") == "8081"
-    transformer_args = isvc["spec"]["transformer"]["containers"][0]["args"]
+    transformer = isvc["spec"]["transformer"]["containers"][0]
+    transformer_args = transformer["args"]
     assert transformer_args[:2] == ["serve", "transformer"]
     assert _flag(transformer_args, "--model_name") == isvc["metadata"]["name"] == "rakuten"
     assert _flag(transformer_args, "--predictor_protocol") == "v2"  # KServe never passes it (kserve#2227)
-    assert _flag(transformer_args, "--model_dir") == "/mnt/models"
     assert _flag(transformer_args, "--http_port") == "8080"
+    # The transformer needs no bundle: no --model_dir, no STORAGE_URI (so no storage initializer either).
+    assert "--model_dir" not in transformer_args
+    assert "STORAGE_URI" not in {e["name"] for e in transformer.get("env", [])}
 
 
 def _flag(args: list[str], flag: str) -> str:

@@ -13,15 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rakuten_mm.cli import add_data_options, add_train_options, data_options, train_config
+from rakuten_mm.config import TrainConfig
+from rakuten_mm.data import DataOptions
 from rakuten_mm.errors import ConfigError
 from rakuten_mm.registry import MODEL_NAME
 from rakuten_mm.tracking import EXPERIMENT
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    add_train_options(parser)
-    add_data_options(parser)
+    TrainConfig.add_arguments(parser)
+    DataOptions.add_arguments(parser)
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the state dir)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment")
@@ -33,7 +34,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.compile import DEFAULT_PACKAGE
     from pipelines.submit import DEFAULT_EXPERIMENT
-    from pipelines.training import DEFAULT_SECRET
+    from pipelines.training_pipeline import DEFAULT_SECRET
 
     parser = argparse.ArgumentParser(prog="rakuten pipeline", description="the Kubeflow training pipeline")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--cpu-only", action="store_true", help="no GPU request, node selector or toleration")
     comp.add_argument("--secret", default=DEFAULT_SECRET, help="Secret with S3 and MLflow credentials "
                                                                "(default: %(default)s)")
-    comp.add_argument("--image", default=None, help="component image (default: components.image.IMAGE)")
+    comp.add_argument("--image", default=None, help="component image (default: components.base.IMAGE)")
 
     run = sub.add_parser("run", help="run the pipeline locally with kfp.local (no cluster)")
     run.add_argument("data", help="data directory or s3:// URI")
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cluster_settings(args: argparse.Namespace) -> Any:
-    from pipelines.training import ClusterSettings, Toleration, parse_node_selector
+    from pipelines.training_pipeline import ClusterSettings, Toleration, parse_node_selector
 
     if args.cpu_only and (args.gpu_node_selector or args.gpu_toleration):
         raise ConfigError("--cpu-only compiles without GPU settings: drop --gpu-node-selector/--gpu-toleration")
@@ -95,9 +96,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.local import run_local
+    from pipelines.local_runner import run_local
 
-    result = run_local(args.data, args.out, train_config(args), data_options(args), args.tracking_uri,
+    result = run_local(args.data, args.out, TrainConfig.from_args(args), DataOptions.from_args(args), args.tracking_uri,
                        args.experiment, args.min_improvement, registered_model=args.registered_model,
                        quiet=args.quiet)
     test, gate = result["test"], result["gate"]
@@ -112,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipelines.local import pipeline_arguments
+    from pipelines.local_runner import pipeline_arguments
     from pipelines.submit import SubmitRequest, submit
     from rakuten_mm.storage import is_s3
 
@@ -121,8 +122,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be an s3:// URI the cluster can read, got {uri!r}")
     if not 0 <= args.canary_percent <= 100:
         raise ConfigError(f"--canary-percent must be between 0 and 100, got {args.canary_percent}")
-    arguments = {**pipeline_arguments(args.data, args.out, train_config(args), data_options(args), args.tracking_uri,
-                                      args.experiment, args.min_improvement, args.registered_model),
+    arguments = {**pipeline_arguments(args.data, args.out, TrainConfig.from_args(args), DataOptions.from_args(args),
+                                      args.tracking_uri, args.experiment, args.min_improvement, args.registered_model),
                  "deploy": args.deploy, "canary_percent": args.canary_percent, "deploy_name": args.deploy_name,
                  "deploy_namespace": args.deploy_namespace}
     request = SubmitRequest(arguments=arguments, package=Path(args.package), experiment=args.kfp_experiment,

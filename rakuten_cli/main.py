@@ -1,7 +1,7 @@
 """The ``rakuten`` command. Argument parsing and printing only; the work happens in the library modules.
 
-``rakuten pipeline``, ``serve``, ``deploy`` and ``rollback`` are forwarded to the adapter packages, imported only
-when asked for, so the core never imports kfp or kserve.
+``rakuten pipeline``, ``serve``, ``deploy`` and ``rollback`` are forwarded to their own parsers, imported only when
+asked for (so ``rakuten data validate`` never imports kfp or kserve).
 """
 
 from __future__ import annotations
@@ -16,52 +16,15 @@ from typing import Any
 
 from rakuten_mm.errors import RakutenError
 
-# Sub-commands owned by adapter packages: name → module whose ``main(argv)`` handles it.
-FORWARDED = {"pipeline": "pipelines.cli", "serve": "serving.cli", "deploy": "pipelines.deploy_cli",
-             "rollback": "pipelines.deploy_cli"}
-
-
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--on-bad-rows", choices=("fail", "drop"), default="fail",
-                        help="fail on rows that do not validate (default) or drop them and list them")
-    parser.add_argument("--on-missing-image", choices=("fail", "text-only"), default="fail",
-                        help="fail on rows without an image (default) or keep them for the text model only")
-
-
-def data_options(args: argparse.Namespace) -> Any:
-    from rakuten_mm.data import DataOptions
-
-    return DataOptions(on_bad_rows=args.on_bad_rows, on_missing_image=args.on_missing_image)
-
-
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    from rakuten_mm.config import TrainConfig
-
-    d = TrainConfig()
-    parser.add_argument("--epochs-text", type=int, default=d.epochs_text)
-    parser.add_argument("--epochs-image", type=int, default=d.epochs_image)
-    parser.add_argument("--image-size", type=int, default=d.image_size)
-    parser.add_argument("--image-weights", default=d.image_weights,
-                        help="imagenet (torchvision weights), none (random init) or PATH_OR_URI of a VGG16 state_dict")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--members", default=",".join(d.members),
-                        help="ensemble members: text,image (the default pair), optionally plus tfidf (needs text)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--no-feature-cache", action="store_true",
-                        help="run VGG16 on every epoch with augmentation instead of caching its features")
-
-
-def train_config(args: argparse.Namespace) -> Any:
-    from rakuten_mm.config import TrainConfig
-
-    return TrainConfig(epochs_text=args.epochs_text, epochs_image=args.epochs_image, image_size=args.image_size,
-                       image_weights=args.image_weights, device=args.device, seed=args.seed,
-                       members=tuple(m.strip() for m in args.members.split(",") if m.strip()),
-                       batch_size=args.batch_size, feature_cache=not args.no_feature_cache)
+# Sub-commands with their own parser: name → module whose ``main(argv)`` handles it.
+FORWARDED = {"pipeline": "rakuten_cli.pipeline", "serve": "serving.cli", "deploy": "rollout.cli",
+             "rollback": "rollout.cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rakuten_mm.config import TrainConfig
+    from rakuten_mm.data import DataOptions
+
     parser = argparse.ArgumentParser(prog="rakuten", description="Rakuten product classifier")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -74,13 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=64)
     validate = data.add_parser("validate", help="check a dataset and report bad rows")
     validate.add_argument("data")
-    add_data_options(validate)
+    DataOptions.add_arguments(validate)
 
     train = sub.add_parser("train", help="train LSTM + VGG16 + ensemble and write a bundle")
     train.add_argument("data")
     train.add_argument("--out", required=True, help="bundle directory or s3:// URI")
-    add_train_options(train)
-    add_data_options(train)
+    TrainConfig.add_arguments(train)
+    DataOptions.add_arguments(train)
     train.add_argument("--in-process", action="store_true",
                        help="run the stages in this process instead of the local Kubeflow pipeline (faster start; "
                             "no model registry or gate)")
@@ -95,14 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score only the rows the bundle recorded in this split (default: every row)")
     evaluate.add_argument("--report-dir", default=None, help="where to write confusion matrices (CSV + PNG)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    add_data_options(evaluate)
+    DataOptions.add_arguments(evaluate)
 
     predict = sub.add_parser("predict", help="predict the test split (X_test_update.csv + image_test)")
     predict.add_argument("bundle")
     predict.add_argument("data")
     predict.add_argument("--out", required=True, help="predictions CSV")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    add_data_options(predict)
+    DataOptions.add_arguments(predict)
 
     for name in FORWARDED:
         sub.add_parser(name, help=f"see 'rakuten {name} --help'", add_help=False)
@@ -119,9 +82,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from rakuten_mm import storage
-    from rakuten_mm.data import X_TEST_NAMES, load_labelled, load_unlabelled
+    from rakuten_mm.data import X_TEST_NAMES, DataOptions, load_labelled, load_unlabelled
 
-    options = data_options(args)
+    options = DataOptions.from_args(args)
     with storage.local_copy(args.data) as root:
         print(load_labelled(root, options).report.summary())
         if any((root / n).is_file() for n in X_TEST_NAMES):
@@ -131,7 +94,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg, options = train_config(args), data_options(args)
+    from rakuten_mm.config import TrainConfig
+    from rakuten_mm.data import DataOptions
+
+    cfg, options = TrainConfig.from_args(args), DataOptions.from_args(args)
     if args.no_tracking and not args.in_process:
         from rakuten_mm.errors import ConfigError
 
@@ -139,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.in_process:
         return _train_in_process(args, cfg, options)
     # The embedded default: the same Kubeflow pipeline as on a cluster, run here by kfp.local.
-    from pipelines.local import run_local
+    from pipelines.local_runner import run_local
 
     result = run_local(args.data, args.out, cfg, options, experiment=args.experiment)
     print(f"bundle: {result['bundle_uri']}")
@@ -213,15 +179,15 @@ def _metrics_line(title: str, m: dict[str, Any]) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rakuten_mm import storage
-    from rakuten_mm.bundle import load_bundle
     from rakuten_mm.config import resolve_device
-    from rakuten_mm.data import load_labelled
+    from rakuten_mm.data import DataOptions, load_labelled
     from rakuten_mm.inference import evaluate_rows
+    from rakuten_mm.model import load_bundle
     from rakuten_mm.training import dataset_for
 
     model = load_bundle(args.bundle, resolve_device(args.device))
     with storage.local_copy(args.data) as root:
-        dataset = load_labelled(root, data_options(args), allowed_codes=model.labels.codes)
+        dataset = load_labelled(root, DataOptions.from_args(args), allowed_codes=model.labels.codes)
         rows = dataset_for(model.splits, dataset, args.split)
         report_dir = Path(args.report_dir) if args.report_dir else None
         result = evaluate_rows(model, rows, root, report_dir)
@@ -238,14 +204,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from rakuten_mm import storage
-    from rakuten_mm.bundle import load_bundle
     from rakuten_mm.config import resolve_device
-    from rakuten_mm.data import load_unlabelled
+    from rakuten_mm.data import DataOptions, load_unlabelled
     from rakuten_mm.inference import predict_rows, predictions_frame, write_csv_atomic
+    from rakuten_mm.model import load_bundle
 
     model = load_bundle(args.bundle, resolve_device(args.device))
     with storage.local_copy(args.data) as root:
-        dataset = load_unlabelled(root, data_options(args))
+        dataset = load_unlabelled(root, DataOptions.from_args(args))
         probs, _, _ = predict_rows(model, dataset.frame, root)
     out = write_csv_atomic(predictions_frame(model, dataset.frame, probs), Path(args.out))
     print(f"wrote {len(probs)} predictions to {out}")

@@ -20,16 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from rakuten_mm.errors import ConfigError
+from rollout.defaults import load_manifest
+from rollout.deploy import deploy, rollback
+from rollout.session import kube_api_client
+from rollout.spec import ALLOWED_URI_SCHEMES, PREVIOUS_URI_ANNOTATION, check_arguments
+
+COMMANDS = ("deploy", "rollback")
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
-    from pipelines import deploy as d
-
     parser = argparse.ArgumentParser(prog=f"rakuten {command}")
     if command == "deploy":
         parser.description = ("Serve a model bundle from the KServe InferenceService: create it if absent, else "
                               "patch its STORAGE_URI (and canary split); wait until Ready; print one JSON line.")
-        schemes = ", ".join(f"{s}://" for s in d.ALLOWED_URI_SCHEMES)
+        schemes = ", ".join(f"{s}://" for s in ALLOWED_URI_SCHEMES)
         parser.add_argument("bundle_uri", metavar="BUNDLE_URI", help=f"the bundle, readable by the cluster ({schemes})")
         parser.add_argument("--canary-percent", type=int, default=0, metavar="N",
                             help="1..99: share of traffic for the new bundle (Knative mode); 0 (default) or 100: "
@@ -41,7 +45,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                                  "local` output (default: manifests/base/inferenceservice.yaml)")
     else:
         parser.description = ("Serve the bundle the InferenceService served before the last `rakuten deploy` "
-                              f"(its {d.PREVIOUS_URI_ANNOTATION} annotation), with all traffic; print one JSON line.")
+                              f"(its {PREVIOUS_URI_ANNOTATION} annotation), with all traffic; print one JSON line.")
     parser.add_argument("--name", default="rakuten", help="InferenceService name (default: rakuten)")
     parser.add_argument("--namespace", default="rakuten", help="namespace (default: rakuten)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
@@ -54,44 +58,30 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_manifest(path: str) -> dict:
-    import yaml
-
-    from pipelines.deploy import pick_inferenceservice
-
-    try:
-        docs = list(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
-    except OSError as exc:
-        raise ConfigError(f"cannot read --manifest {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--manifest {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    return pick_inferenceservice(docs, path)
-
-
 def main(argv: Sequence[str]) -> int:
+    """``argv[0]`` is the command (``deploy`` or ``rollback``), as ``rakuten`` forwards it."""
     argv = list(argv)
-    if not argv or argv[0] not in ("deploy", "rollback"):
+    if not argv or argv[0] not in COMMANDS:
         raise ConfigError(f"expected the command deploy or rollback, got {argv[:1]!r}")
     command, rest = argv[0], argv[1:]
     args = build_parser(command).parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    from pipelines import deploy as d
-
     # Bad values first: a typo must not be reported as missing credentials.
-    d.check_arguments(args.name, args.namespace, args.timeout, args.poll,
-                      bundle_uri=getattr(args, "bundle_uri", None), canary_percent=getattr(args, "canary_percent", 0))
-    manifest = load_manifest(args.manifest) if getattr(args, "manifest", None) else None
-    api_client = d.kube_api_client(context=args.context, host=args.kube_api)
+    check_arguments(args.name, args.namespace, args.timeout, args.poll,
+                    bundle_uri=getattr(args, "bundle_uri", None), canary_percent=getattr(args, "canary_percent", 0))
+    manifest_file = getattr(args, "manifest", None)
+    manifest = load_manifest(Path(manifest_file), f"--manifest {manifest_file}") if manifest_file else None
+    api_client = kube_api_client(context=args.context, host=args.kube_api)
     try:
         result: dict[str, Any]
         if command == "deploy":
-            result = d.deploy(args.bundle_uri, name=args.name, namespace=args.namespace,
-                              canary_percent=args.canary_percent, timeout_s=args.timeout, poll_s=args.poll,
-                              api_client=api_client, manifest=manifest, image=args.image)
+            result = deploy(args.bundle_uri, name=args.name, namespace=args.namespace,
+                            canary_percent=args.canary_percent, timeout_s=args.timeout, poll_s=args.poll,
+                            api_client=api_client, manifest=manifest, image=args.image)
         else:
-            result = d.rollback(name=args.name, namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll,
-                                api_client=api_client)
+            result = rollback(name=args.name, namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll,
+                              api_client=api_client)
     finally:
         api_client.close()
     print(json.dumps(result, sort_keys=True))

@@ -1,8 +1,9 @@
-"""Render and take apart the kustomize manifests; shared by tests/platform and scripts/lint_platform.sh.
+"""Render and take apart the kustomize manifests; used by scripts/lint_platform.sh and imported by the tests.
 
-Needs only PyYAML, so it runs under the main venv (tests) and the tool venv (lint script) alike.
+Needs only PyYAML (and jsonschema for check-isvc), so it runs under the main venv (tests) and the tool venv
+(lint script) alike. Run from the repository root:
 
-    python tests/platform/manifest_tools.py render OUT_DIR
+    python -m tools.manifest_lint render OUT_DIR
 
 writes, for every kustomization in KUSTOMIZATIONS:
   OUT_DIR/<name>.builtin.yaml  the built-in kinds (for kubernetes-validate --strict and checkov)
@@ -12,10 +13,11 @@ writes, for every kustomization in KUSTOMIZATIONS:
                                that KServe will create (checkov does not look inside custom resources)
 and OUT_DIR/standalone-<file> for every file in STANDALONE.
 
-    python tests/platform/manifest_tools.py check-isvc CRD_YAML FILE...
+    python -m tools.manifest_lint check-isvc FILE...
 
-validates every InferenceService in FILE... against CRD_YAML's schema made strict (strict_crd_schema);
-exit 1 on any error. Needs jsonschema.
+validates every InferenceService in FILE... against KServe's CRD schema vendored in schemas/kserve/
+(KSERVE_CRD, see schemas/SOURCE.md) made strict (strict_crd_schema); exit 1 on any error, and on a
+missing schema file. Needs jsonschema.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# KServe's InferenceService CRD, vendored (schemas/SOURCE.md): the schema every InferenceService must pass.
+KSERVE_CRD = REPO_ROOT / "schemas" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
 
 # name -> kustomization directory, relative to the repository root
 KUSTOMIZATIONS: dict[str, str] = {
@@ -86,7 +90,7 @@ KSERVE_COMPONENT_FIELDS = frozenset(
 
 
 class ToolMissing(RuntimeError):
-    """No kustomize-capable binary was found."""
+    """A tool or input the lint needs is not there (no kustomize-capable binary, no CRD schema)."""
 
 
 def kustomize_command() -> list[str]:
@@ -239,7 +243,10 @@ def schema_errors(validator: Any, doc: dict[str, Any]) -> list[str]:
     )
 
 
-def check_isvc(crd_path: str, files: list[str]) -> int:
+def check_isvc(files: list[str], crd_path: str | Path = KSERVE_CRD) -> int:
+    if not Path(crd_path).is_file():
+        raise ToolMissing(f"the KServe CRD schema is missing at {crd_path}: it is vendored in schemas/kserve/ "
+                          "(see schemas/SOURCE.md)")
     validator = isvc_validator(load_crd(crd_path))
     failures = 0
     for file in files:
@@ -258,12 +265,12 @@ def main(argv: list[str]) -> int:
         if len(argv) == 2 and argv[0] == "render":
             render_all(Path(argv[1]))
             return 0
-        if len(argv) >= 3 and argv[0] == "check-isvc":
-            return check_isvc(argv[1], argv[2:])
+        if len(argv) >= 2 and argv[0] == "check-isvc":
+            return check_isvc(argv[1:])
     except (ToolMissing, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("usage: manifest_tools.py render OUT_DIR | check-isvc CRD_YAML FILE...", file=sys.stderr)
+    print("usage: python -m tools.manifest_lint render OUT_DIR | check-isvc FILE...", file=sys.stderr)
     return 2
 
 

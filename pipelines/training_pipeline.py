@@ -1,17 +1,17 @@
 """The training pipeline: one definition for Kubeflow (the compiled ``training.yaml``) and for ``kfp.local``.
 
-preprocess → train_lstm ‖ train_vgg16 → fit_ensemble → evaluate → register → [deploy]
+preprocess → train-lstm ‖ train-vgg16 → fit_ensemble → evaluate → register → [deploy]
 
 Cluster settings (GPU node pool, Secret, image) are compile-time choices, so the pipeline is built by
 :func:`build` from a :class:`ClusterSettings`; nothing is built at import time. ``kfp.local`` ignores resources,
 accelerators, node selectors, tolerations and Secrets, so the local run executes the same graph (built without
-retries: see :mod:`pipelines.local`).
+retries: see :mod:`pipelines.local_runner`).
 
 Kubernetes settings baked into the YAML:
-- ``train_lstm`` and ``train_vgg16`` request one ``nvidia.com/gpu`` and get the GPU pool's node selector and
-  toleration (default: label ``nvidia.com/gpu.present=true``, set by NVIDIA's GPU feature discovery, and the
-  ``nvidia.com/gpu:NoSchedule`` taint that GPU pools usually carry); both are retried twice with back-off
-  (60 s, then 120 s).
+- ``train-lstm`` and ``train-vgg16`` (two tasks of the ``train_member`` component) request one
+  ``nvidia.com/gpu`` and get the GPU pool's node selector and toleration (default: label
+  ``nvidia.com/gpu.present=true``, set by NVIDIA's GPU feature discovery, and the ``nvidia.com/gpu:NoSchedule`` taint
+  that GPU pools usually carry); both are retried twice with back-off (60 s, then 120 s).
   ``--cpu-only`` compiles a pipeline without any of these.
 - Every step requests CPU and memory (:data:`RESOURCES`).
 - Every step but deploy reads credentials from the Secret (default ``rakuten-pipeline``):
@@ -29,17 +29,22 @@ fixed one would be overwritten by the next run, promoted or not. The step runs a
 which needs the RBAC of ``manifests/base/rbac.yaml``.
 """
 
+import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
 
 from rakuten_mm.config import TrainConfig
+from rakuten_mm.data import DataOptions
 from rakuten_mm.errors import ConfigError
+from rakuten_mm.members import IMAGE, TEXT
 from rakuten_mm.registry import MODEL_NAME
 from rakuten_mm.tracking import EXPERIMENT
 
 PIPELINE_NAME = "rakuten-training"
+REQUIRED = object()  # a parameter without a default
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_NODE_SELECTOR = (("nvidia.com/gpu.present", "true"),)
 DEFAULT_SECRET = "rakuten-pipeline"
@@ -95,7 +100,7 @@ class ClusterSettings:
     node_selector: tuple[tuple[str, str], ...] = DEFAULT_NODE_SELECTOR
     tolerations: tuple[Toleration, ...] = DEFAULT_TOLERATIONS
     secret: str = DEFAULT_SECRET
-    image: str | None = None  # None: components.image.IMAGE
+    image: str | None = None  # None: components.base.IMAGE
     retries: int = 2  # of the training steps (preempted GPU nodes, transient S3/MLflow errors)
 
     def __post_init__(self) -> None:
@@ -139,6 +144,33 @@ def _configure(task: Any, step: str, settings: ClusterSettings, secret: bool = T
     return task
 
 
+def _renamed(component: Any, name: str) -> Any:
+    """``component`` under another name: its task's name in the DAG and the Kubeflow UI (one definition, two steps)."""
+    renamed = copy.deepcopy(component)
+    renamed.component_spec.name = renamed.name = name
+    return renamed
+
+
+def _parameters() -> list[tuple[str, type, Any]]:
+    """The pipeline's parameters ``(name, type, default)``, in the order the UI shows them; ``REQUIRED``: none.
+
+    The training options come from :class:`TrainConfig` and the data options from :class:`DataOptions`, so a new
+    option reaches the pipeline without a change here.
+    """
+    return [("data_uri", str, REQUIRED), ("bundle_uri", str, ""), *TrainConfig.pipeline_parameters(),
+            *DataOptions.pipeline_parameters(), ("mlflow_tracking_uri", str, ""),
+            ("mlflow_experiment", str, EXPERIMENT), ("min_improvement", float, 0.0),
+            ("registered_model", str, MODEL_NAME), ("deploy", bool, False), ("canary_percent", int, 0),
+            ("deploy_name", str, "rakuten"), ("deploy_namespace", str, "rakuten")]
+
+
+def _signature(parameters: list[tuple[str, type, Any]]) -> inspect.Signature:
+    return inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
+                           default=inspect.Parameter.empty if default is REQUIRED else default)
+         for name, kind, default in parameters], return_annotation=Outputs)
+
+
 def build(settings: ClusterSettings = ClusterSettings()) -> Any:
     """The ``@dsl.pipeline`` for these settings (a kfp ``GraphComponent``: compile it, or call it under kfp.local)."""
     from components.deploy import deploy as deploy_op
@@ -146,54 +178,24 @@ def build(settings: ClusterSettings = ClusterSettings()) -> Any:
     from components.fit_ensemble import fit_ensemble
     from components.preprocess import preprocess
     from components.register import register
-    from components.train_lstm import train_lstm
-    from components.train_vgg16 import train_vgg16
+    from components.train_member import train_member
 
-    d = TrainConfig()
+    parameters = _parameters()
+    signature = _signature(parameters)
+    train_options = [name for name, _, _ in TrainConfig.pipeline_parameters()]
+    data_options = [name for name, _, _ in DataOptions.pipeline_parameters()]
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Rakuten France product classifier: validate and split the data, "
-                  "train an LSTM (text) and a VGG16 head (images), tune their weighted ensemble on the validation "
-                  "split, evaluate the bundle on the test split, register it in MLflow behind a gate, optionally "
-                  "deploy it to KServe.")
-    def rakuten_training(
-        data_uri: str,
-        bundle_uri: str = "",
-        epochs_text: int = d.epochs_text,
-        epochs_image: int = d.epochs_image,
-        image_size: int = d.image_size,
-        image_weights: str = d.image_weights,
-        seed: int = d.seed,
-        device: str = d.device,
-        members: str = ",".join(d.members),
-        batch_size: int = d.batch_size,
-        feature_cache: bool = d.feature_cache,
-        val_fraction: float = d.val_fraction,
-        test_fraction: float = d.test_fraction,
-        max_tokens: int = d.max_tokens,
-        ensemble_step: float = d.ensemble_step,
-        on_bad_rows: str = "fail",
-        on_missing_image: str = "fail",
-        mlflow_tracking_uri: str = "",
-        mlflow_experiment: str = EXPERIMENT,
-        min_improvement: float = 0.0,
-        registered_model: str = MODEL_NAME,
-        deploy: bool = False,
-        canary_percent: int = 0,
-        deploy_name: str = "rakuten",
-        deploy_namespace: str = "rakuten",
-    ) -> Outputs:
-        tracking = {"mlflow_tracking_uri": mlflow_tracking_uri, "mlflow_experiment": mlflow_experiment}
+    def rakuten_training(*args: Any, **kwargs: Any) -> Outputs:
+        p = signature.bind(*args, **kwargs).arguments  # kfp passes the parameters' channels positionally
+        tracking = {"mlflow_tracking_uri": p["mlflow_tracking_uri"], "mlflow_experiment": p["mlflow_experiment"]}
         prep = _configure(preprocess(
-            data_uri=data_uri, epochs_text=epochs_text, epochs_image=epochs_image, image_size=image_size,
-            image_weights=image_weights, device=device, seed=seed, members=members, batch_size=batch_size,
-            feature_cache=feature_cache, val_fraction=val_fraction, test_fraction=test_fraction,
-            max_tokens=max_tokens, ensemble_step=ensemble_step, on_bad_rows=on_bad_rows,
-            on_missing_image=on_missing_image, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **tracking), "preprocess", settings)
+            data_uri=p["data_uri"], **{name: p[name] for name in train_options + data_options},
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **tracking),
+            "preprocess", settings)
         run = {"train_config": prep.outputs["train_config"], "mlflow_run_id": prep.outputs["mlflow_run_id"],
                **tracking}
-        text = _configure(train_lstm(dataset=prep.outputs["dataset"], **run), "train-lstm", settings)
-        image = _configure(train_vgg16(dataset=prep.outputs["dataset"], **run), "train-vgg16", settings)
+        text, image = (_configure(_renamed(train_member, step)(member=member, dataset=prep.outputs["dataset"], **run),
+                                  step, settings) for member, step in ((TEXT, "train-lstm"), (IMAGE, "train-vgg16")))
         fitted = _configure(fit_ensemble(dataset=prep.outputs["dataset"], text_model=text.outputs["model"],
                                          image_model=image.outputs["model"], **run), "fit-ensemble", settings)
         evaluated = _configure(evaluate(dataset=prep.outputs["dataset"], bundle=fitted.outputs["bundle"],
@@ -201,14 +203,14 @@ def build(settings: ClusterSettings = ClusterSettings()) -> Any:
                                "evaluate", settings)
         registered = _configure(register(
             dataset=prep.outputs["dataset"], bundle=fitted.outputs["bundle"],
-            evaluation=evaluated.outputs["evaluation"], bundle_uri=bundle_uri,
-            mlflow_run_id=prep.outputs["mlflow_run_id"], min_improvement=min_improvement,
-            registered_model=registered_model, **tracking), "register", settings)
+            evaluation=evaluated.outputs["evaluation"], bundle_uri=p["bundle_uri"],
+            mlflow_run_id=prep.outputs["mlflow_run_id"], min_improvement=p["min_improvement"],
+            registered_model=p["registered_model"], **tracking), "register", settings)
         # The deploy step's place: only when asked for, and only when the gate moved champion to this bundle.
-        with dsl.If(deploy == True, name="deploy-requested"), \
+        with dsl.If(p["deploy"] == True, name="deploy-requested"), \
                 dsl.If(registered.outputs["promoted"] == True, name="champion-moved"):  # noqa: E712 (kfp conditions)
-            _configure(deploy_op(bundle_uri=registered.outputs["bundle_uri"], name=deploy_name,
-                                 namespace=deploy_namespace, canary_percent=canary_percent),
+            _configure(deploy_op(bundle_uri=registered.outputs["bundle_uri"], name=p["deploy_name"],
+                                 namespace=p["deploy_namespace"], canary_percent=p["canary_percent"]),
                        "deploy", settings, secret=False)
         return Outputs(bundle=fitted.outputs["bundle"], report=registered.outputs["report"],
                        bundle_uri=registered.outputs["bundle_uri"], promoted=registered.outputs["promoted"],
@@ -218,4 +220,10 @@ def build(settings: ClusterSettings = ClusterSettings()) -> Any:
                        champion_version=registered.outputs["champion_version"],
                        mlflow_run_id=prep.outputs["mlflow_run_id"])
 
-    return rakuten_training
+    # kfp reads the pipeline's parameters from the function's signature and annotations.
+    rakuten_training.__signature__ = signature  # type: ignore[attr-defined]
+    rakuten_training.__annotations__ = {**{name: kind for name, kind, _ in parameters}, "return": Outputs}
+    return dsl.pipeline(rakuten_training, name=PIPELINE_NAME, description=(
+        "Rakuten France product classifier: validate and split the data, train an LSTM (text) and a VGG16 head "
+        "(images), tune their weighted ensemble on the validation split, evaluate the bundle on the test split, "
+        "register it in MLflow behind a gate, optionally deploy it to KServe."))

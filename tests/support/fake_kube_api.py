@@ -1,8 +1,9 @@
 """A fake Kubernetes API server that knows one resource: KServe InferenceServices. Standard library only.
 
-    python tests/deploy/fake_kube_api.py [--port 0]     # prints "listening on http://127.0.0.1:PORT"
+    python tests/support/fake_kube_api.py [--port 0]     # prints "listening on http://127.0.0.1:PORT"
 
-It serves what ``pipelines.deploy`` calls, the way the real API server answers them:
+Tests start it with :func:`running` and drive it with :class:`FakeKube`. It serves what ``rollout`` calls,
+the way the real API server answers them:
   GET   /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}   200 | 404 Status
   POST  /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices          201 | 409 AlreadyExists
   PATCH /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}   application/merge-patch+json
@@ -30,12 +31,17 @@ label ``fake/concurrent-writes`` is changed on the object (a new resourceVersion
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import re
+import subprocess
 import sys
 import threading
+import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,7 +51,8 @@ FORBIDDEN_USER = "system:serviceaccount:kubeflow-user:default-editor"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386."""
+    """RFC 7386, written independently of ``rollout.spec.merge_patch`` (the fake must not share the code it
+    checks)."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     out = copy.deepcopy(target) if isinstance(target, dict) else {}
@@ -294,6 +301,64 @@ def main(argv: list[str]) -> int:
     finally:
         server.server_close()
     return 0
+
+
+# ---------------------------------------------------------------- the test side
+
+
+class FakeKube:
+    """Talks to a running fake's control endpoints; ``client()`` is an ApiClient for the code under test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _control(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def reset(self, **config: Any) -> None:
+        """Clear everything and configure (the keys of ``POST /_fake/reset`` above)."""
+        self._control("POST", "/_fake/reset", config)
+
+    def requests(self, method: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self._control("GET", "/_fake/requests") if method is None or r["method"] == method]
+
+    def object(self, name: str = "rakuten", namespace: str | None = None) -> dict[str, Any]:
+        """The stored InferenceService ``name`` (in ``namespace``; None: the one namespace that has it)."""
+        found = [o for o in self._control("GET", "/_fake/objects")
+                 if o["metadata"]["name"] == name and namespace in (None, o["metadata"]["namespace"])]
+        assert len(found) == 1, f"expected one InferenceService {namespace or '*'}/{name}, found {len(found)}"
+        return found[0]
+
+    def client(self) -> Any:
+        from rollout.session import kube_api_client
+
+        return kube_api_client(host=self.url)
+
+
+@contextlib.contextmanager
+def running() -> Iterator[FakeKube]:
+    """The fake as a real subprocess on a free 127.0.0.1 port, stopped on exit."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("listening on "):
+            proc.kill()
+            raise RuntimeError(f"the fake API server did not start: {line!r} "
+                               f"{proc.stderr.read() if proc.stderr else ''}")
+        yield FakeKube(line.split()[-1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Run the training pipeline on this machine with ``kfp.local`` (no cluster): the embedded default.
 
-The graph is :func:`pipelines.training.build`'s, the one compiled into ``training.yaml``; every step runs as a
+The graph is :func:`pipelines.training_pipeline.build`'s, the one compiled into ``training.yaml``; every step runs as a
 subprocess of the current interpreter (``SubprocessRunner(use_venv=False)``), so the components' imports resolve
 in this virtualenv. Resources, accelerators, node selectors and Secrets are ignored locally. Retries are not (kfp
 2.17 honours them, back-off included), so the local graph is built without them: here a failed step is a bug or a
@@ -51,16 +51,9 @@ def pipeline_arguments(data_uri: str, out_uri: str, cfg: TrainConfig, options: D
                        tracking_uri: str | None = None, experiment: str = EXPERIMENT, min_improvement: float = 0.0,
                        registered_model: str = MODEL_NAME) -> dict[str, Any]:
     """The pipeline's parameters for one training run (also what ``rakuten pipeline submit`` sends)."""
-    return {
-        "data_uri": data_uri, "bundle_uri": out_uri, "epochs_text": cfg.epochs_text,
-        "epochs_image": cfg.epochs_image, "image_size": cfg.image_size, "image_weights": cfg.image_weights,
-        "seed": cfg.seed, "device": cfg.device, "members": ",".join(cfg.members), "batch_size": cfg.batch_size,
-        "feature_cache": cfg.feature_cache, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
-        "max_tokens": cfg.max_tokens, "ensemble_step": cfg.ensemble_step, "on_bad_rows": options.on_bad_rows,
-        "on_missing_image": options.on_missing_image, "mlflow_tracking_uri": tracking_uri or "",
-        "mlflow_experiment": experiment, "min_improvement": check_min_improvement(min_improvement),
-        "registered_model": registered_model,
-    }
+    return {"data_uri": data_uri, "bundle_uri": out_uri, **cfg.pipeline_arguments(), **options.pipeline_arguments(),
+            "mlflow_tracking_uri": tracking_uri or "", "mlflow_experiment": experiment,
+            "min_improvement": check_min_improvement(min_improvement), "registered_model": registered_model}
 
 
 def _absolute(uri: str) -> str:
@@ -132,7 +125,7 @@ def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOption
     ``report`` (the HTML report's path) and ``run_dir`` (the run's artifacts). ``quiet``: do not echo step logs."""
     from kfp import local
 
-    from pipelines.training import ClusterSettings, build
+    from pipelines.training_pipeline import ClusterSettings, build
 
     if not data_uri or not out_uri:
         raise errors.ConfigError(f"a local run needs a data URI and a bundle URI, got {data_uri!r} and {out_uri!r}")

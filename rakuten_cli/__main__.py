@@ -1,0 +1,5 @@
+import sys
+
+from rakuten_cli.main import main
+
+sys.exit(main())
