@@ -24,7 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy rakuten_mm pipelines components serving
+	$(BIN)/mypy rakuten_mm rakuten_cli pipelines components serving rollout tools devtools
 	bash scripts/lint_platform.sh
 
 test: lint
@@ -41,7 +41,7 @@ demo: $(STAMP)
 		--epochs-text 8 --epochs-image 10
 	$(BIN)/rakuten evaluate $(DEMO)/bundle $(DEMO)/data --split test --report-dir $(DEMO)/report
 	$(BIN)/rakuten predict $(DEMO)/bundle $(DEMO)/data --out $(DEMO)/predictions.csv
-	$(BIN)/python -m serving.demo_client --bundle $(DEMO)/bundle --data $(DEMO)/data -n 5
+	$(BIN)/python -m devtools.demo_client --bundle $(DEMO)/bundle --data $(DEMO)/data -n 5
 	@echo "bundle: $(DEMO)/bundle  predictions: $(DEMO)/predictions.csv  confusion matrices: $(DEMO)/report"
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STATE)/mlflow.db   serve: make serve"
 
@@ -63,12 +63,12 @@ SERVE_BUNDLE ?= $(DEMO)/bundle
 PREDICTOR_PORT ?= 8080
 TRANSFORMER_PORT ?= 8085
 
-# Both servers on 127.0.0.1 (gRPC off); Ctrl-C stops both.
+# Both servers on 127.0.0.1 over HTTP (the transformer needs no bundle); Ctrl-C stops both.
 serve: $(STAMP)
 	@test -f $(SERVE_BUNDLE)/manifest.json || { echo "no bundle at $(SERVE_BUNDLE): run 'make demo' or pass SERVE_BUNDLE=DIR"; exit 1; }
 	$(BIN)/rakuten serve predictor --model_dir $(SERVE_BUNDLE) --bind_host 127.0.0.1 --http_port $(PREDICTOR_PORT) & \
 	pred=$$!; trap 'kill $$pred 2>/dev/null; wait $$pred' EXIT; \
-	$(BIN)/rakuten serve transformer --model_dir $(SERVE_BUNDLE) --bind_host 127.0.0.1 --http_port $(TRANSFORMER_PORT) \
+	$(BIN)/rakuten serve transformer --bind_host 127.0.0.1 --http_port $(TRANSFORMER_PORT) \
 		--predictor_host 127.0.0.1:$(PREDICTOR_PORT)
 
 bench: $(STAMP)

@@ -13,7 +13,9 @@ Kubernetes settings baked into the YAML:
   ``nvidia.com/gpu.present=true``, set by NVIDIA's GPU feature discovery, and the ``nvidia.com/gpu:NoSchedule`` taint
   that GPU pools usually carry); both are retried twice with back-off (60 s, then 120 s).
   ``--cpu-only`` compiles a pipeline without any of these.
-- Every step requests CPU and memory (:data:`RESOURCES`).
+- Every step requests CPU and memory: a preset of :data:`RESOURCE_PRESETS` (``full`` by default, ``small`` for a
+  small cluster), each step overridable, limits optional (``rakuten pipeline compile --resources-preset``,
+  ``--step-resources``).
 - Every step but deploy reads credentials from the Secret (default ``rakuten-pipeline``):
   ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (required: the pod does not start without them) and,
   optionally, ``AWS_ENDPOINT_URL`` (MinIO), ``AWS_DEFAULT_REGION``, ``MLFLOW_TRACKING_URI``,
@@ -31,6 +33,7 @@ which needs the RBAC of ``manifests/base/rbac.yaml``.
 
 import copy
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -53,16 +56,58 @@ OPTIONAL_SECRET_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKI
                         "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 GPU_STEPS = ("train-lstm", "train-vgg16")
-# step → (CPU request, memory request); sized for the full challenge data (85k rows, 224 px images).
-RESOURCES = {
-    "preprocess": ("1", "4Gi"),
-    "train-lstm": ("4", "16Gi"),
-    "train-vgg16": ("8", "32Gi"),
-    "fit-ensemble": ("2", "8Gi"),
-    "evaluate": ("8", "16Gi"),
-    "register": ("1", "4Gi"),
-    "deploy": ("500m", "1Gi"),
+# step → (CPU request, memory request): the presets ``rakuten pipeline compile --resources-preset`` offers.
+# "full" is sized for the whole challenge data (85k rows, 224 px images); "small" lets a small or CPU-only cluster
+# schedule the demo-sized data (a few thousand rows, 64 px images).
+RESOURCE_PRESETS: dict[str, dict[str, tuple[str, str]]] = {
+    "full": {
+        "preprocess": ("1", "4Gi"),
+        "train-lstm": ("4", "16Gi"),
+        "train-vgg16": ("8", "32Gi"),
+        "fit-ensemble": ("2", "8Gi"),
+        "evaluate": ("8", "16Gi"),
+        "register": ("1", "4Gi"),
+        "deploy": ("500m", "1Gi"),
+    },
+    "small": {
+        "preprocess": ("500m", "1Gi"),
+        "train-lstm": ("1", "2Gi"),
+        "train-vgg16": ("2", "4Gi"),
+        "fit-ensemble": ("500m", "1Gi"),
+        "evaluate": ("1", "2Gi"),
+        "register": ("500m", "1Gi"),
+        "deploy": ("250m", "512Mi"),
+    },
 }
+RESOURCES = RESOURCE_PRESETS["full"]
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+@dataclass(frozen=True)
+class StepResources:
+    """Requests (and optional limits) of one step, as Kubernetes quantities."""
+
+    cpu: str
+    memory: str
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, "StepResources"]:
+        """``STEP=CPU,MEMORY[,CPU_LIMIT,MEMORY_LIMIT]`` → (step, resources); STEP is one of :data:`RESOURCES`."""
+        step, sep, spec = text.partition("=")
+        parts = spec.split(",")
+        if (not sep or step not in RESOURCES or len(parts) not in (2, 4)
+                or not all(_QUANTITY.match(p) for p in parts)):
+            raise ConfigError(f"step resources are STEP=CPU,MEMORY[,CPU_LIMIT,MEMORY_LIMIT] with STEP one of "
+                              f"{tuple(RESOURCES)} and Kubernetes quantities (e.g. train-vgg16=4,16Gi), got {text!r}")
+        return step, cls(*parts)
+
+
+def preset_resources(preset: str) -> tuple[tuple[str, StepResources], ...]:
+    if preset not in RESOURCE_PRESETS:
+        raise ConfigError(f"resource preset must be one of {tuple(RESOURCE_PRESETS)}, got {preset!r}")
+    return tuple((step, StepResources(cpu, memory)) for step, (cpu, memory) in RESOURCE_PRESETS[preset].items())
 
 
 @dataclass(frozen=True)
@@ -102,6 +147,7 @@ class ClusterSettings:
     secret: str = DEFAULT_SECRET
     image: str | None = None  # None: components.base.IMAGE
     retries: int = 2  # of the training steps (preempted GPU nodes, transient S3/MLflow errors)
+    resources: tuple[tuple[str, StepResources], ...] = preset_resources("full")
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -124,8 +170,12 @@ class Outputs(NamedTuple):
 
 
 def _configure(task: Any, step: str, settings: ClusterSettings, secret: bool = True) -> Any:
-    cpu, memory = RESOURCES[step]
-    task.set_cpu_request(cpu).set_memory_request(memory).set_caching_options(False)
+    res = dict(settings.resources)[step]
+    task.set_cpu_request(res.cpu).set_memory_request(res.memory).set_caching_options(False)
+    if res.cpu_limit:
+        task.set_cpu_limit(res.cpu_limit)
+    if res.memory_limit:
+        task.set_memory_limit(res.memory_limit)
     if settings.image:
         task.set_container_image(settings.image)
     if secret:

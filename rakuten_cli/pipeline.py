@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="taint of the GPU pool the training steps tolerate (repeatable; default: "
                            "nvidia.com/gpu:NoSchedule)")
     comp.add_argument("--cpu-only", action="store_true", help="no GPU request, node selector or toleration")
+    comp.add_argument("--resources-preset", choices=("full", "small"), default="full",
+                      help="CPU/memory requests of every step: full (the challenge data) or small (a small or "
+                           "CPU-only cluster, demo-sized data) (default: %(default)s)")
+    comp.add_argument("--step-resources", action="append", metavar="STEP=CPU,MEMORY[,CPU_LIMIT,MEMORY_LIMIT]",
+                      default=None, help="override one step's requests (and limits) (repeatable)")
     comp.add_argument("--secret", default=DEFAULT_SECRET, help="Secret with S3 and MLflow credentials "
                                                                "(default: %(default)s)")
     comp.add_argument("--image", default=None, help="component image (default: components.base.IMAGE)")
@@ -76,11 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cluster_settings(args: argparse.Namespace) -> Any:
-    from pipelines.training_pipeline import ClusterSettings, Toleration, parse_node_selector
+    from pipelines.training_pipeline import (
+        ClusterSettings,
+        StepResources,
+        Toleration,
+        parse_node_selector,
+        preset_resources,
+    )
 
     if args.cpu_only and (args.gpu_node_selector or args.gpu_toleration):
         raise ConfigError("--cpu-only compiles without GPU settings: drop --gpu-node-selector/--gpu-toleration")
-    kwargs: dict[str, Any] = {"gpu": not args.cpu_only, "secret": args.secret, "image": args.image}
+    resources = dict(preset_resources(args.resources_preset))
+    resources.update(StepResources.parse(text) for text in args.step_resources or ())
+    kwargs: dict[str, Any] = {"gpu": not args.cpu_only, "secret": args.secret, "image": args.image,
+                              "resources": tuple(resources.items())}
     if args.gpu_node_selector:
         kwargs["node_selector"] = tuple(parse_node_selector(s) for s in args.gpu_node_selector)
     if args.gpu_toleration:

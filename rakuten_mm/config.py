@@ -100,7 +100,7 @@ class TrainConfig:
             if f.type == "bool":
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
             elif f.name == "members":
-                parser.add_argument(flag, default=",".join(f.default), help=help_text)
+                parser.add_argument(flag, default=",".join(member_registry.DEFAULT), help=help_text)
             else:
                 kind = {"int": int, "float": float}.get(str(f.type), str)
                 parser.add_argument(flag, type=kind, default=f.default, help=help_text, **extra)
@@ -113,8 +113,8 @@ class TrainConfig:
     def pipeline_parameters(cls) -> list[tuple[str, type, Any]]:
         """``(name, type, default)`` of each pipeline parameter (members travel as a comma-separated string)."""
         kinds = {"int": int, "float": float, "bool": bool}
-        return [(f.name, kinds.get(str(f.type), str), ",".join(f.default) if f.name == "members" else f.default)
-                for f in dataclasses.fields(cls)]
+        defaults = cls().pipeline_arguments()
+        return [(f.name, kinds.get(str(f.type), str), defaults[f.name]) for f in dataclasses.fields(cls)]
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """This configuration as the pipeline's parameter values."""

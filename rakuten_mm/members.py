@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rakuten_mm import bundle
 from rakuten_mm.errors import ConfigError
 
 TEXT, IMAGE, TFIDF = "text", "image", "tfidf"
@@ -22,16 +21,16 @@ class Member:
 
     name: str
     modality: str  # "text" or "image": which presence mask applies to its rows
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # its files in the bundle (rakuten_mm.bundle names them for the other modules)
     requires: tuple[str, ...] = ()
     default: bool = True  # in the default pair
 
 
 REGISTRY: dict[str, Member] = {m.name: m for m in (
-    Member(TEXT, "text", (bundle.TEXT_MODEL,)),
-    Member(IMAGE, "image", (bundle.IMAGE_BACKBONE, bundle.IMAGE_HEAD)),
+    Member(TEXT, "text", ("text_model.pt",)),
+    Member(IMAGE, "image", ("image_backbone.pt", "image_head.pt")),
     # Optional: TF-IDF over the text member's token ids (it needs the text member's vocabulary).
-    Member(TFIDF, "text", (bundle.TFIDF,), requires=(TEXT,), default=False),
+    Member(TFIDF, "text", ("tfidf.npz",), requires=(TEXT,), default=False),
 )}
 DEFAULT = tuple(name for name, m in REGISTRY.items() if m.default)
 
