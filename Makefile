@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export RAKUTEN_STATE_DIR := $(STATE)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: venv lint test test-fast demo compile serve bench images clean
+.PHONY: venv lint test test-fast demo compile serve bench images push-images smoke-images clean
 
 venv: $(STAMP)
 
@@ -45,19 +45,45 @@ demo: $(STAMP)
 	@echo "bundle: $(DEMO)/bundle  predictions: $(DEMO)/predictions.csv  confusion matrices: $(DEMO)/report"
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STATE)/mlflow.db   serve: make serve"
 
-# Regenerates the checked-in pipelines/training.yaml; PIPELINE_IMAGE=REF compiles against your pushed image.
+# Regenerates the checked-in pipelines/training.yaml and batch_prediction.yaml; PIPELINE_IMAGE=REF compiles against your
+# pushed image.
 compile: $(STAMP)
 	$(BIN)/rakuten pipeline compile $(if $(PIPELINE_IMAGE),--image $(PIPELINE_IMAGE))
+	$(BIN)/rakuten pipeline compile --pipeline batch-prediction $(if $(PIPELINE_IMAGE),--image $(PIPELINE_IMAGE))
 
-# Build and push both images: make images IMAGE_REGISTRY=registry.example.com/rakuten [CONTAINER_TOOL=podman]
+# Both images, tagged from the package version: make images [CONTAINER_ENGINE=docker|podman] [IMAGE_REGISTRY=...]
+#   [TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu] [BAKE_IMAGENET_WEIGHTS=1] [PYTHON_IMAGE=...]
+# Extra engine flags come from BUILD_FLAGS (on this offline machine kind: eval "$$(../shared/tools/container-engine.sh flags)").
+# The pipeline image is built FROM the serving image. make push-images pushes both.
 IMAGE_REGISTRY ?= registry.example.com/rakuten
-CONTAINER_TOOL ?= docker
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_TAG ?= $(VERSION)
+SERVING_REF ?= $(IMAGE_REGISTRY)/rakuten-serving:$(IMAGE_TAG)
+PIPELINE_REF ?= $(IMAGE_REGISTRY)/rakuten-pipeline:$(IMAGE_TAG)
+# docker when its daemon answers, else podman when installed, else docker (whose error then says what is missing).
+CONTAINER_ENGINE ?= $(shell docker version --format '{{.Server.Version}}' >/dev/null 2>&1 && echo docker || \
+	{ command -v podman >/dev/null 2>&1 && echo podman; } || echo docker)
+BUILD_FLAGS ?=
+TORCH_INDEX_URL ?=
+BAKE_IMAGENET_WEIGHTS ?= 0
+IMAGE_BUILD_ARGS = $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+	$(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL))
 images:
-	$(CONTAINER_TOOL) build -f images/pipeline.Dockerfile -t $(IMAGE_REGISTRY)/rakuten-pipeline:$(VERSION) .
-	$(CONTAINER_TOOL) build -f images/serving.Dockerfile -t $(IMAGE_REGISTRY)/rakuten-serving:$(VERSION) .
-	$(CONTAINER_TOOL) push $(IMAGE_REGISTRY)/rakuten-pipeline:$(VERSION)
-	$(CONTAINER_TOOL) push $(IMAGE_REGISTRY)/rakuten-serving:$(VERSION)
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(IMAGE_BUILD_ARGS) -f images/serving.Dockerfile -t $(SERVING_REF) .
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg SERVING_IMAGE=$(SERVING_REF) \
+		--build-arg BAKE_IMAGENET_WEIGHTS=$(BAKE_IMAGENET_WEIGHTS) -f images/pipeline.Dockerfile -t $(PIPELINE_REF) .
+
+push-images:
+	$(CONTAINER_ENGINE) push $(SERVING_REF)
+	$(CONTAINER_ENGINE) push $(PIPELINE_REF)
+
+# Builds the images, then runs them as the manifests and Kubeflow would (minutes; not part of `make test`): the
+# predictor + transformer containers answering V2 JSON/binary and V1 clients, the training pipeline through
+# `rakuten pipeline run --runner docker`, image sizes and cold starts. SMOKE_ARGS: see python -m tools.smoke_images -h
+SMOKE_ARGS ?=
+smoke-images: images $(STAMP)
+	$(BIN)/python -m tools.smoke_images --engine $(CONTAINER_ENGINE) --serving-image $(SERVING_REF) \
+		--pipeline-image $(PIPELINE_REF) $(SMOKE_ARGS)
 
 SERVE_BUNDLE ?= $(DEMO)/bundle
 PREDICTOR_PORT ?= 8080

@@ -43,6 +43,9 @@ from rakuten_mm.tracking import EXPERIMENT
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+RUNNERS = ("subprocess", "docker")
+
+
 class PipelineFailed(RuntimeError):
     """A step failed on something other than a user error (a bug, an out-of-memory kill...)."""
 
@@ -120,26 +123,78 @@ def step_error(log: str, failure: RuntimeError) -> Exception:
 
 def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOptions = DataOptions(),
               tracking_uri: str | None = None, experiment: str = EXPERIMENT, min_improvement: float = 0.0, *,
-              registered_model: str = MODEL_NAME, quiet: bool = False) -> dict[str, Any]:
+              registered_model: str = MODEL_NAME, quiet: bool = False, runner: str = "subprocess",
+              image: str | None = None) -> dict[str, Any]:
     """Run the pipeline locally; return the bundle's metrics plus ``bundle_uri``, ``gate``, ``mlflow_run_id``,
-    ``report`` (the HTML report's path) and ``run_dir`` (the run's artifacts). ``quiet``: do not echo step logs."""
+    ``report`` (the HTML report's path) and ``run_dir`` (the run's artifacts). ``quiet``: do not echo step logs.
+    ``runner``: ``subprocess`` (this venv) or ``docker`` (every step in ``image``, default the pipeline image
+    ``components.base.IMAGE``: see :mod:`pipelines.docker_runner`)."""
     from kfp import local
 
     from pipelines.training_pipeline import ClusterSettings, build
 
     if not data_uri or not out_uri:
         raise errors.ConfigError(f"a local run needs a data URI and a bundle URI, got {data_uri!r} and {out_uri!r}")
+    if runner not in RUNNERS:
+        raise errors.ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    if image and runner != "docker":
+        raise errors.ConfigError("--image applies to --runner docker (a subprocess run uses this virtualenv)")
     data_uri, out_uri = _absolute(data_uri), _absolute(out_uri)
     if not storage.is_s3(out_uri) and not storage.is_s3(data_uri) and Path(out_uri) in (Path(data_uri),
                                                                                           *Path(data_uri).parents):
         raise errors.ConfigError(f"the bundle would replace the data: --out {out_uri} holds {data_uri}")
+    if not storage.is_s3(data_uri) and not Path(data_uri).is_dir():
+        # Checked here, before any step starts: a step would report it only after seconds of start-up.
+        raise errors.StorageError(f"no such directory: {data_uri}")
+    storage.check_writable(out_uri)
     arguments = pipeline_arguments(data_uri, out_uri, cfg, options, tracking_uri, experiment, min_improvement,
                                    registered_model)
+    root, scratch = _scratch()
+    docker_plan = None
+    try:
+        if runner == "docker":
+            from components.base import IMAGE
+            from pipelines import docker_runner
+
+            docker_runner.check_image(docker_runner.docker_client(), image or IMAGE)
+            docker_plan = docker_runner.plan(data_uri, out_uri, state_dir(), scratch, tracking_uri, os.environ)
+            docker_runner.prepare(docker_plan)
+            step_runner: Any = local.DockerRunner(**docker_runner.runner_arguments(docker_plan, os.getgid()))
+        else:
+            step_runner = local.SubprocessRunner(use_venv=False)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    task = _execute(build(ClusterSettings(retries=0, image=image)), arguments, step_runner, root, scratch, quiet,
+                    finish=None if docker_plan is None else lambda: docker_runner.finish(docker_plan))
+    out = task.outputs
+    bundle_dir = Path(out["bundle"].path)
+    metrics: dict[str, Any] = json.loads((bundle_dir / "metrics.json").read_text())
+    gate = {k: out[k] for k in ("promoted", "model_version", "decision", "challenger_weighted_f1",
+                                "champion_weighted_f1", "champion_version", "gate_confidence")}
+    gate["champion_version"] = gate["champion_version"] or None
+    for key in ("champion_weighted_f1", "gate_confidence"):  # -1: no champion, or it could not be scored
+        gate[key] = None if gate[key] < 0 else gate[key]
+    return {**metrics, "bundle_uri": out["bundle_uri"], "gate": gate, "mlflow_run_id": out["mlflow_run_id"],
+            "report": out["report"].path, "run_dir": str(bundle_dir.parents[1])}
+
+
+def _scratch() -> tuple[Path, Path]:
+    """The pipeline root's parent (under the state dir) and a fresh scratch directory for one run."""
     root = state_dir() / "pipelines"
     (root / "runs").mkdir(parents=True, exist_ok=True)
     tempfile.gettempdir()  # pin this process's own temp dir before TMPDIR changes for the steps
     scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=root))
     (scratch / "workspace").mkdir()
+    return root, scratch
+
+
+def _execute(pipeline: Any, arguments: dict[str, Any], step_runner: Any, root: Path, scratch: Path, quiet: bool,
+             finish: Any = None) -> Any:
+    """Run ``pipeline(**arguments)`` with kfp.local and ``step_runner``, steps' temp files in ``scratch`` (removed
+    afterwards); ``finish()`` after a successful run. A failed step raises :func:`step_error`'s error."""
+    from kfp import local
+
     tee = _Tee(None if quiet else sys.stdout)
     try:
         with _environ(TMPDIR=str(scratch), MLFLOW_DISABLE_TELEMETRY="true"), contextlib.redirect_stdout(tee), \
@@ -148,21 +203,54 @@ def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOption
             warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
             # Resources and accelerators are for the cluster; kfp.local says so for every step.
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "runs"),
+            local.init(runner=step_runner, pipeline_root=str(root / "runs"),
                        workspace_root=str(scratch / "workspace"), raise_on_error=True)
             try:
-                task = build(ClusterSettings(retries=0))(**arguments)
+                task = pipeline(**arguments)
             except RuntimeError as exc:
                 raise step_error(tee.buffer.getvalue(), exc) from None
+        if finish is not None:
+            finish()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return task
+
+
+def batch_arguments(data_uri: str, predictions_uri: str, model: str, shards: int,
+                    options: DataOptions = DataOptions(), tracking_uri: str | None = None,
+                    device: str = "auto") -> dict[str, Any]:
+    """The batch prediction pipeline's parameters (:mod:`pipelines.batch_pipeline`)."""
+    from rakuten_mm.batch import check_shards
+    from rakuten_mm.config import DEVICES
+
+    if device not in DEVICES:
+        raise errors.ConfigError(f"device must be one of {DEVICES}, got {device!r}")
+    return {"data_uri": data_uri, "predictions_uri": predictions_uri, "model": model, "shards": check_shards(shards),
+            "device": device, **options.pipeline_arguments(), "mlflow_tracking_uri": tracking_uri or ""}
+
+
+def predict_local(data_uri: str, model: str, predictions_uri: str, shards: int, options: DataOptions = DataOptions(),
+                  tracking_uri: str | None = None, device: str = "auto", *, quiet: bool = False) -> dict[str, Any]:
+    """Run the batch prediction pipeline locally (subprocess steps, shards in parallel); return
+    ``predictions_uri``, ``rows``, ``bundle_sha256``, ``model`` (the reference as resolved, e.g.
+    ``models:/NAME/VERSION``) and ``run_dir``."""
+    from kfp import local
+
+    from pipelines.batch_pipeline import build
+    from pipelines.cluster import ClusterSettings
+
+    if not data_uri or not predictions_uri or not model:
+        raise errors.ConfigError(f"batch prediction needs a data URI, a model and a predictions URI, got "
+                                 f"{data_uri!r}, {model!r} and {predictions_uri!r}")
+    data_uri, predictions_uri = _absolute(data_uri), _absolute(predictions_uri)
+    if not storage.is_s3(data_uri) and not Path(data_uri).is_dir():
+        raise errors.StorageError(f"no such directory: {data_uri}")
+    if not model.startswith("models:/"):
+        model = _absolute(model)
+    arguments = batch_arguments(data_uri, predictions_uri, model, shards, options, tracking_uri, device)
+    root, scratch = _scratch()
+    task = _execute(build(ClusterSettings(retries=0)), arguments, local.SubprocessRunner(use_venv=False), root,
+                    scratch, quiet)
     out = task.outputs
-    bundle_dir = Path(out["bundle"].path)
-    metrics: dict[str, Any] = json.loads((bundle_dir / "metrics.json").read_text())
-    gate = {k: out[k] for k in ("promoted", "model_version", "decision", "challenger_val_weighted_f1",
-                                "champion_val_weighted_f1", "champion_version")}
-    gate["champion_version"] = gate["champion_version"] or None
-    if gate["champion_version"] is None:
-        gate["champion_val_weighted_f1"] = None
-    return {**metrics, "bundle_uri": out["bundle_uri"], "gate": gate, "mlflow_run_id": out["mlflow_run_id"],
-            "report": out["report"].path, "run_dir": str(bundle_dir.parents[1])}
+    return {"predictions_uri": out["predictions_uri"], "rows": int(out["rows"]), "bundle_sha256": out["bundle_sha256"],
+            "model": out["model"], "run_dir": str(Path(out["predictions"].path).parents[1])}

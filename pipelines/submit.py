@@ -18,9 +18,13 @@ from typing import Any
 import rakuten_mm
 from pipelines.compile import DEFAULT_PACKAGE
 from pipelines.training_pipeline import PIPELINE_NAME
-from rakuten_mm.errors import ConfigError
+from rakuten_mm.errors import ConfigError, RakutenError
 
 DEFAULT_EXPERIMENT = "rakuten"
+
+
+class SubmitError(RakutenError):
+    """The Kubeflow Pipelines API server could not be reached or refused the request."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,25 @@ def _version_id(client: Any, request: SubmitRequest) -> tuple[str, str]:
 
 
 def submit(host: str, request: SubmitRequest, client: Any = None) -> Submitted:
-    """Upload (if needed) and run the pipeline on the KFP API server at ``host``."""
+    """Upload (if needed) and run the pipeline on the KFP API server at ``host``.
+
+    An unreachable server or a refusal (authentication, permissions, a bad parameter) is a :class:`SubmitError`
+    naming the host and the reason, not a client library traceback.
+    """
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        return _submit(host, request, client)
+    except urllib3.exceptions.HTTPError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise SubmitError(f"cannot reach the Kubeflow Pipelines API at {host}: {reason}") from None
+    except ApiException as exc:
+        raise SubmitError(f"the Kubeflow Pipelines API at {host} refused the request: HTTP {exc.status} "
+                          f"{exc.reason}: {str(exc.body or '')[:300]}") from None
+
+
+def _submit(host: str, request: SubmitRequest, client: Any) -> Submitted:
     if client is None:
         import warnings
 

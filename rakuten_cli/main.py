@@ -82,13 +82,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from rakuten_mm import storage
-    from rakuten_mm.data import X_TEST_NAMES, DataOptions, load_labelled, load_unlabelled
+    from rakuten_mm.data import DataOptions, validate
 
-    options = DataOptions.from_args(args)
     with storage.local_copy(args.data) as root:
-        print(load_labelled(root, options).report.summary())
-        if any((root / n).is_file() for n in X_TEST_NAMES):
-            print(load_unlabelled(root, options).report.summary())
+        print(validate(root, DataOptions.from_args(args)))
     print("ok")
     return 0
 
@@ -102,6 +99,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rakuten_mm.errors import ConfigError
 
         raise ConfigError("--no-tracking needs --in-process: the pipeline's register step uses MLflow")
+    from rakuten_mm import storage
+
+    storage.check_writable(args.out)  # a missing bucket fails now, not after training
     if args.in_process:
         return _train_in_process(args, cfg, options)
     # The embedded default: the same Kubeflow pipeline as on a cluster, run here by kfp.local.

@@ -38,6 +38,10 @@ import numpy as np
 
 from rakuten_mm import __version__, storage
 from rakuten_mm.errors import BundleError, StorageError
+from rakuten_mm.members import IMAGE as IMAGE_MEMBER
+from rakuten_mm.members import REGISTRY
+from rakuten_mm.members import TEXT as TEXT_MEMBER
+from rakuten_mm.members import TFIDF as TFIDF_MEMBER
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: naming the layout must stay cheap
     import torch
@@ -51,10 +55,10 @@ CONFIG = "config.json"
 VOCAB = "vocab.json"
 METRICS = "metrics.json"
 SPLITS = "splits.json"
-TEXT_MODEL = "text_model.pt"
-IMAGE_BACKBONE = "image_backbone.pt"
-IMAGE_HEAD = "image_head.pt"
-TFIDF = "tfidf.npz"
+# The members' files are named in their registry entries (rakuten_mm.members), once.
+(TEXT_MODEL,) = REGISTRY[TEXT_MEMBER].files
+IMAGE_BACKBONE, IMAGE_HEAD = REGISTRY[IMAGE_MEMBER].files
+(TFIDF,) = REGISTRY[TFIDF_MEMBER].files
 
 
 def versions() -> dict[str, str]:
@@ -145,7 +149,7 @@ _CONFIG_SCHEMA: dict[str, Any] = {
                 "preset": {
                     "type": "object", "required": ["size", "mean", "std"],
                     "properties": {
-                        "size": {"type": "integer", "minimum": 32, "maximum": 1024},
+                        "size": {"type": "integer", "minimum": 1},  # its range: ImagePreset's own check
                         "mean": {**_NUMBER3, "items": {"type": "number", "minimum": 0, "maximum": 1}},
                         "std": {**_NUMBER3, "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 10}},
                     },
@@ -299,6 +303,7 @@ def check_config(config: Any, where: str = CONFIG) -> None:
     """``config.json`` alone: the schema, members and their requirements, weights on the simplex, label map."""
     from rakuten_mm.ensemble import check_weights
     from rakuten_mm.errors import ConfigError
+    from rakuten_mm.image import ImagePreset
     from rakuten_mm.labels import LabelMap
     from rakuten_mm.members import IMAGE, REGISTRY, TEXT
 
@@ -310,6 +315,7 @@ def check_config(config: Any, where: str = CONFIG) -> None:
     try:
         check_weights(config["ensemble"]["weights"], names)
         labels = LabelMap.from_json(config["labels"])
+        ImagePreset.from_json(config["image"]["preset"])
     except ConfigError as exc:
         raise BundleError(f"{where}: {exc}") from None
     if TEXT in names:
@@ -318,12 +324,19 @@ def check_config(config: Any, where: str = CONFIG) -> None:
         if config["text"]["model"]["num_classes"] != len(labels):
             raise BundleError(f"{where}: the text model has {config['text']['model']['num_classes']} classes but "
                               f"the label map {len(labels)}")
-    if IMAGE in names:
-        from rakuten_mm.image import BACKBONE
+    if IMAGE in names and (backbone := config["image"].get("backbone")) not in (allowed := _backbones()):
+        raise BundleError(f"{where}: image backbone {backbone!r} is not supported; allowed: {', '.join(allowed)}")
 
-        if config["image"].get("backbone") != BACKBONE:
-            raise BundleError(f"{where}: image backbone {config['image'].get('backbone')!r} is not supported; "
-                              f"allowed: {BACKBONE}")
+
+def _backbones() -> tuple[str, ...]:
+    """Backbone names a bundle may name: the registry's when there is one, else VGG16 alone."""
+    try:
+        from rakuten_mm.backbones import BACKBONES
+    except ImportError:
+        from rakuten_mm.vgg import BACKBONE
+
+        return (BACKBONE,)
+    return tuple(BACKBONES)
 
 
 def check_contents(root: Path, config: Any, names: set[str]) -> None:
@@ -354,25 +367,30 @@ def check_contents(root: Path, config: Any, names: set[str]) -> None:
     for name, kind in ((METRICS, dict), (SPLITS, dict)):
         if not isinstance(read_json(root, name), kind):
             raise BundleError(f"{root / name} must hold a JSON object")
-    for name, module in _modules(config, len(labels), names).items():
-        _check_state(root, name, load_state(root, name), module)
+    modules = _modules(config, len(labels), names)
+    for name in sorted(names & {TEXT_MODEL, IMAGE_BACKBONE, IMAGE_HEAD}):
+        _check_state(root, name, load_state(root, name), modules.get(name))
     if TFIDF_MEMBER in members:
         _check_tfidf(root / TFIDF, len(labels))
 
 
 def _modules(config: dict[str, Any], num_classes: int, names: set[str]) -> dict[str, Any]:
-    """Bundle file → the module its ``state_dict`` must fit, built on the meta device (shapes only, no memory)."""
+    """Bundle file → the module its ``state_dict`` must fit, built on the meta device (shapes only, no memory).
+
+    A backbone other than VGG16 (see :mod:`rakuten_mm.backbones`) gets the generic checks only (a state_dict of
+    finite tensors) until its module describes its stored state here."""
     import torch
     from torchvision import models
 
-    from rakuten_mm.image import ImageHead
     from rakuten_mm.text import TextClassifier, TextModelConfig
+    from rakuten_mm.vgg import BACKBONE, ImageHead
 
     builders: dict[str, Callable[[], Any]] = {
         TEXT_MODEL: lambda: TextClassifier(TextModelConfig.from_json(config["text"]["model"])),
-        IMAGE_BACKBONE: lambda: models.vgg16(weights=None).features,
         IMAGE_HEAD: lambda: ImageHead(num_classes, **config["image"].get("head", {})),
     }
+    if config["image"].get("backbone") == BACKBONE:  # what training stores: VGG16's convolutional base
+        builders[IMAGE_BACKBONE] = lambda: models.vgg16(weights=None).features
     try:
         with torch.device("meta"):
             return {name: build() for name, build in builders.items() if name in names}
@@ -383,9 +401,9 @@ def _modules(config: dict[str, Any], num_classes: int, names: set[str]) -> dict[
 def _check_state(root: Path, name: str, state: Any, module: Any) -> None:
     import torch
 
-    want = module.state_dict()
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleError(f"{name} in {root} must be a state_dict of tensors")
+    want = module.state_dict() if module is not None else state
     if missing := sorted(set(want) - set(state)):
         raise BundleError(f"{name} in {root} lacks tensors {missing[:5]} the model described by config.json has")
     if extra := sorted(set(state) - set(want), key=str):

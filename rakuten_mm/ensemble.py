@@ -8,7 +8,8 @@ renormalised, so a product without an image gets the text member's prediction al
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import f1_score, log_loss
@@ -23,6 +24,22 @@ def simplex_grid(members: int, step: float) -> list[tuple[float, ...]]:
     n = round(1 / step)
     return [tuple(c / n for c in combo) + ((n - sum(combo)) / n,)
             for combo in itertools.product(range(n + 1), repeat=members - 1) if sum(combo) <= n]
+
+
+def check_weights(weights: Mapping[str, float], members: Sequence[str], tol: float = 1e-5) -> dict[str, float]:
+    """Ensemble weights for exactly ``members``: finite, each in [0, 1], summing to 1 (within ``tol``).
+
+    :class:`ConfigError` says which rule failed and what arrived (a bundle's weights are checked on load).
+    """
+    if set(weights) != set(members):
+        raise ConfigError(f"ensemble weights must name exactly the members {sorted(members)}, got {sorted(weights)}")
+    values = {k: float(v) for k, v in weights.items()}
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values.values()):
+        raise ConfigError(f"ensemble weights must each lie in [0, 1], got {values}")
+    if abs(sum(values.values()) - 1.0) > tol:
+        raise ConfigError(f"ensemble weights must sum to 1 (a point of the simplex), got {values} summing to "
+                          f"{sum(values.values()):.6g}")
+    return values
 
 
 def combine(probs: Mapping[str, np.ndarray], weights: Mapping[str, float],

@@ -1,23 +1,16 @@
 """synth → train → evaluate → predict through the installed ``rakuten`` command, as a user runs it."""
 
+import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.support.cli import rakuten
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-RAKUTEN = str(Path(sys.executable).parent / "rakuten")
-
-
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([RAKUTEN, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rakuten {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+run = functools.partial(rakuten, check=True)  # run(..., check=False) to look at a failure
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +117,7 @@ def test_user_errors_are_one_line_without_traceback(flow, tmp_path, args, messag
     argv = [a.format(missing=tmp_path / "nope", tmp=tmp_path, data=data) for a in args]
     proc = run(*argv, check=False)
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    # The WHOLE stderr is one line: no warning, log line or traceback around the error.
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "b").exists()  # nothing half-written

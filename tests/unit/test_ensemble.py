@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rakuten_mm.ensemble import combine, fit_weights, simplex_grid
+from rakuten_mm.ensemble import check_weights, combine, fit_weights, simplex_grid
 from rakuten_mm.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -70,3 +70,40 @@ def test_combine_zero_weight_member_alone_and_nothing_present():
     out = combine({"text": text, "image": image}, {"text": 0.0, "image": 1.0}, present)
     np.testing.assert_allclose(out[0], text[0], rtol=1e-6)  # only a zero-weight member present: use it
     np.testing.assert_allclose(out[1], [0.5, 0.5])  # nothing present: uniform
+
+
+def test_fit_weights_uses_the_presence_mask():
+    # The image member is right whenever it has an image (rows 10-19) and carries confident garbage where it has
+    # none (rows 0-9); the text member is right on rows 0-9 only. Honouring the mask, image-heavy weights get
+    # every row right; mixing the garbage in (mask ignored) would make the rows without an image pull the weight
+    # back towards text and lose rows 10-19.
+    y = np.array([0, 1, 2] * 6 + [0, 1])
+    has_image = np.arange(20) >= 10
+    text = _onehot(y, p=0.7)
+    text[10:] = _onehot((y[10:] + 1) % 3, p=0.7)
+    image = _onehot(y, p=0.9)
+    image[:10] = _onehot((y[:10] + 2) % 3, p=0.99)
+    probs = {"text": text, "image": image}
+    present = {"text": np.ones(20, bool), "image": has_image}
+    weights = fit_weights(probs, y, present, step=0.05)
+    assert (combine(probs, weights, present).argmax(1) == y).all()
+    assert weights["image"] > 0.5
+    # Brute force over the same grid, with the mask, agrees on the score.
+    best = max((combine(probs, {"text": 1 - w, "image": w}, present).argmax(1) == y).mean()
+               for w in np.linspace(0, 1, 21))
+    assert best == 1.0
+
+
+@pytest.mark.parametrize(("weights", "match"), [
+    ({"text": -5.0, "image": 6.0}, r"each lie in \[0, 1\]"),
+    ({"text": 0.3, "image": 0.3}, "must sum to 1"),
+    ({"text": float("nan"), "image": 1.0}, r"each lie in \[0, 1\]"),
+    ({"text": 1.0}, "name exactly the members"),
+])
+def test_check_weights_refuses_points_off_the_simplex(weights, match):
+    with pytest.raises(ConfigError, match=match):
+        check_weights(weights, ["text", "image"])
+
+
+def test_check_weights_accepts_rounded_fitted_weights():
+    assert check_weights({"a": 0.333333, "b": 0.333333, "c": 0.333334}, ["a", "b", "c"])["c"] == 0.333334
