@@ -1,8 +1,11 @@
-"""``rakuten pipeline compile|run|submit``: argument parsing and printing only.
+"""``rakuten pipeline compile|run|submit|predict``: argument parsing and printing only.
 
-compile   write the Kubeflow YAML (default: the checked-in pipelines/training.yaml) with the GPU node pool settings
-run       run the pipeline here with kfp.local (no cluster) and print the bundle, scores and gate decision
+compile   write the Kubeflow YAML of the training pipeline (default: the checked-in pipelines/training.yaml) or, with
+          --pipeline batch-prediction, of the batch prediction pipeline (pipelines/batch_prediction.yaml), with the
+          GPU node pool settings
+run       run the training pipeline here with kfp.local (no cluster) and print the bundle, scores and gate decision
 submit    upload the compiled YAML to a Kubeflow Pipelines API server and start a run
+predict   run the batch prediction pipeline here with kfp.local: DATA + a model reference → one predictions CSV
 """
 
 from __future__ import annotations
@@ -27,20 +30,26 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the state dir)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment")
     parser.add_argument("--min-improvement", type=float, default=0.0,
-                        help="gate: validation weighted F1 margin over the champion needed to move alias champion")
+                        help="gate: weighted F1 margin over the champion, both scored on this run's held-out test "
+                             "rows, needed to move alias champion")
     parser.add_argument("--registered-model", default=MODEL_NAME, help="MLflow registered model name")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.compile import DEFAULT_PACKAGE
+    from pipelines.batch_pipeline import DEFAULT_MODEL, DEFAULT_SHARDS
+    from pipelines.compile import DEFAULT_PACKAGE, PACKAGES
     from pipelines.submit import DEFAULT_EXPERIMENT
     from pipelines.training_pipeline import DEFAULT_SECRET
 
-    parser = argparse.ArgumentParser(prog="rakuten pipeline", description="the Kubeflow training pipeline")
+    parser = argparse.ArgumentParser(prog="rakuten pipeline", description="the Kubeflow pipelines: training and "
+                                                                          "batch prediction")
     sub = parser.add_subparsers(dest="action", required=True)
 
-    comp = sub.add_parser("compile", help="compile the pipeline to Kubeflow YAML")
-    comp.add_argument("--out", default=str(DEFAULT_PACKAGE), help="YAML path (default: %(default)s)")
+    comp = sub.add_parser("compile", help="compile a pipeline to Kubeflow YAML")
+    comp.add_argument("--pipeline", choices=tuple(PACKAGES), default="training",
+                      help="which pipeline (default: %(default)s)")
+    comp.add_argument("--out", default=None, help="YAML path (default: the pipeline's checked-in file, "
+                                                  f"{DEFAULT_PACKAGE.name} or {PACKAGES['batch-prediction'].name})")
     comp.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE", default=None,
                       help="node label of the GPU pool for the training steps (repeatable; default: "
                            "nvidia.com/gpu.present=true)")
@@ -62,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="bundle directory or s3:// URI")
     _add_run_options(run)
     run.add_argument("--quiet", action="store_true", help="do not echo the steps' logs")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="subprocess: every step in this virtualenv (default); docker: every step in the pipeline "
+                          "image through a Docker API (Docker, or podman's: set DOCKER_HOST), as Kubeflow runs it")
+    run.add_argument("--image", default=None, metavar="REF",
+                     help="with --runner docker: the image to run (default: components.base.IMAGE, what "
+                          "`make images` tags)")
 
     submit = sub.add_parser("submit", help="upload the compiled pipeline to Kubeflow and start a run")
     submit.add_argument("data", help="s3:// URI of the data, readable from the cluster")
@@ -77,22 +92,38 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--run-name", default=None, help="KFP run name (default: rakuten-training-TIMESTAMP)")
     submit.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user)")
     submit.add_argument("--service-account", default=None, help="service account the run's pods use")
+
+    predict = sub.add_parser("predict", help="batch-predict a catalogue with the batch prediction pipeline, locally "
+                                             "with kfp.local (shards in parallel)")
+    predict.add_argument("data", help="directory or s3:// URI holding X_test_update.csv and image_test/")
+    predict.add_argument("--model", default=DEFAULT_MODEL,
+                         help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle directory / s3:// URI "
+                              "(default: %(default)s)")
+    predict.add_argument("--out", required=True, help="predictions CSV: a file path or s3://bucket/key.csv")
+    predict.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                         help="parallel shards, each a contiguous run of whole batches (default: %(default)s)")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    DataOptions.add_arguments(predict)
+    predict.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking URI of the registry (default: MLFLOW_TRACKING_URI, else sqlite in the "
+                              "state dir)")
+    predict.add_argument("--quiet", action="store_true", help="do not echo the steps' logs")
     return parser
 
 
 def cluster_settings(args: argparse.Namespace) -> Any:
     from pipelines.training_pipeline import (
         ClusterSettings,
-        StepResources,
         Toleration,
         parse_node_selector,
         preset_resources,
+        step_resources,
     )
 
     if args.cpu_only and (args.gpu_node_selector or args.gpu_toleration):
         raise ConfigError("--cpu-only compiles without GPU settings: drop --gpu-node-selector/--gpu-toleration")
     resources = dict(preset_resources(args.resources_preset))
-    resources.update(StepResources.parse(text) for text in args.step_resources or ())
+    resources.update(step_resources(text) for text in args.step_resources or ())
     kwargs: dict[str, Any] = {"gpu": not args.cpu_only, "secret": args.secret, "image": args.image,
                               "resources": tuple(resources.items())}
     if args.gpu_node_selector:
@@ -105,7 +136,7 @@ def cluster_settings(args: argparse.Namespace) -> Any:
 def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.compile import compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.out, cluster_settings(args))}")
+    print(f"wrote {compile_pipeline(args.out, cluster_settings(args), pipeline=args.pipeline)}")
     return 0
 
 
@@ -114,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run_local(args.data, args.out, TrainConfig.from_args(args), DataOptions.from_args(args), args.tracking_uri,
                        args.experiment, args.min_improvement, registered_model=args.registered_model,
-                       quiet=args.quiet)
+                       quiet=args.quiet, runner=args.runner, image=args.image)
     test, gate = result["test"], result["gate"]
     print(f"bundle: {result['bundle_uri']}")
     print(f"ensemble weights: {json.dumps(result['weights'], sort_keys=True)}")
@@ -148,7 +179,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "submit": cmd_submit}
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipelines.local_runner import predict_local
+
+    result = predict_local(args.data, args.model, args.out, args.shards, DataOptions.from_args(args),
+                           args.tracking_uri, args.device, quiet=args.quiet)
+    print(f"wrote {result['rows']} predictions to {result['predictions_uri']}")
+    print(f"model: {result['model']} (bundle sha256 {result['bundle_sha256']})")
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "submit": cmd_submit, "predict": cmd_predict}
 
 
 def main(argv: Sequence[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,20 @@ def write_confusion(matrix: np.ndarray, labels: LabelMap, out_dir: Path, stem: s
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return csv_path, png_path
+
+
+def score_predictions(labels: LabelMap, codes: Sequence[int], ens: np.ndarray, probs: dict[str, np.ndarray],
+                      present: dict[str, np.ndarray], report_dir: Path | None = None) -> dict[str, Any]:
+    """Scores of the ensemble (``ens``) and of each member (``probs``, on the rows it is ``present`` for) for true
+    prdtypecodes ``codes``, as ``rakuten_mm.inference.predict_rows`` returns them; with ``report_dir``, the
+    confusion matrices too (``result["confusion_matrix"]``: the ensemble's CSV and PNG paths)."""
+    y = np.array([labels.index_of(c) for c in codes], dtype=np.int64)
+    result = score(y, ens, labels)
+    result["members"] = {name: score(y[present[name]], probs[name][present[name]], labels) for name in probs}
+    if report_dir is not None:
+        csv, png = write_confusion(confusion(y, ens, labels), labels, report_dir)
+        result["confusion_matrix"] = {"csv": str(csv), "png": str(png)}
+        for name in probs:
+            write_confusion(confusion(y[present[name]], probs[name][present[name]], labels), labels, report_dir,
+                            stem=f"confusion_matrix_{name}", title=f"Confusion matrix ({name} member)")
+    return result

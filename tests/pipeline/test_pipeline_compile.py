@@ -1,5 +1,6 @@
-"""The compiled pipeline: the checked-in YAML is current, parses strictly into kfp's protobufs, and carries the GPU,
-node pool, resource, retry, caching and Secret settings; the components are an interface plus one call."""
+"""The compiled pipelines (training and batch prediction): the checked-in YAML is current, parses strictly into kfp's
+protobufs, and carries the GPU, node pool, resource, retry, caching and Secret settings; the components are an
+interface plus one call."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.base import IMAGE
-from pipelines.compile import DEFAULT_PACKAGE, compile_pipeline
+from pipelines import batch_pipeline
+from pipelines.compile import BATCH_PACKAGE, DEFAULT_PACKAGE, compile_pipeline
 from pipelines.training_pipeline import GPU_STEPS, RESOURCES, ClusterSettings, Toleration, parse_node_selector
 from rakuten_cli.pipeline import main as cli_main
 from rakuten_mm.errors import ConfigError
@@ -23,6 +25,7 @@ from rakuten_mm.errors import ConfigError
 pytestmark = [pytest.mark.pipeline, pytest.mark.unit]
 
 STEPS = ("preprocess", "train-lstm", "train-vgg16", "fit-ensemble", "evaluate", "register", "deploy")
+BATCH_STEPS = ("prepare-batch", "predict-shard", "merge-predictions")
 
 
 def _strict(obj: dict[str, Any], message: Any) -> Any:
@@ -67,12 +70,13 @@ def test_components_and_typed_artifacts(checked_in: tuple[Any, dict[str, Any], d
     assert artifact_types("evaluate", "output_definitions") == {"metrics": "system.Metrics",
                                                                "confusion": "system.ClassificationMetrics",
                                                                "evaluation": "system.Artifact"}
-    assert artifact_types("register", "output_definitions") == {"report": "system.HTML"}
+    assert artifact_types("register", "output_definitions") == {"report": "system.HTML", "metrics": "system.Metrics"}
+    assert "registered_model" in spec.components["comp-evaluate"].input_definitions.parameters
     params = set(spec.root.input_definitions.parameters)
     assert {"data_uri", "bundle_uri", "epochs_text", "epochs_image", "image_size", "image_weights", "seed",
             "mlflow_tracking_uri", "mlflow_experiment", "min_improvement", "deploy", "canary_percent"} <= params
     outputs = set(spec.root.output_definitions.parameters)
-    assert {"promoted", "decision", "challenger_val_weighted_f1", "champion_val_weighted_f1"} <= outputs
+    assert {"promoted", "decision", "challenger_weighted_f1", "champion_weighted_f1", "gate_confidence"} <= outputs
 
 
 def test_gpu_node_pool_resources_retries_and_caching(checked_in: tuple[Any, dict[str, Any], dict[str, Any]]) -> None:
@@ -172,12 +176,16 @@ def test_component_bodies_are_imports_plus_one_call() -> None:
     import components.deploy
     import components.evaluate
     import components.fit_ensemble
+    import components.merge_predictions
+    import components.predict_shard
+    import components.prepare_batch
     import components.preprocess
     import components.register
     import components.train_member
 
     modules = [components.preprocess, components.train_member, components.fit_ensemble,
-               components.evaluate, components.register, components.deploy]
+               components.evaluate, components.register, components.deploy, components.prepare_batch,
+               components.predict_shard, components.merge_predictions]
     for module in modules:
         (component,) = [v for v in vars(module).values() if hasattr(v, "python_func")]
         assert component.component_spec.implementation.container.image == IMAGE
@@ -188,3 +196,80 @@ def test_component_bodies_are_imports_plus_one_call() -> None:
         assert {i.module.split(".")[0] for i in imports if i.module} <= {"rakuten_mm", "rollout"}, module
         calls = [s for s in body if not isinstance(s, ast.ImportFrom)]
         assert len(calls) <= 2 and not any(isinstance(s, ast.If | ast.For | ast.While | ast.Try) for s in calls)
+
+
+# ---- the batch prediction pipeline ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def batch_checked_in() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    return _load(BATCH_PACKAGE)
+
+
+def test_checked_in_batch_yaml_is_what_the_code_compiles(tmp_path: Path) -> None:
+    fresh = compile_pipeline(tmp_path / "batch.yaml", pipeline="batch-prediction")
+    assert fresh.read_text() == BATCH_PACKAGE.read_text(), (
+        "pipelines/batch_prediction.yaml is stale: run `rakuten pipeline compile --pipeline batch-prediction`")
+
+
+def test_batch_pipeline_fans_out_over_the_shards_and_merges_them(
+        batch_checked_in: tuple[Any, dict[str, Any], dict[str, Any]]) -> None:
+    spec, _, _ = batch_checked_in
+    assert spec.pipeline_info.name == batch_pipeline.PIPELINE_NAME
+    params = spec.root.input_definitions.parameters
+    assert {"data_uri", "predictions_uri", "model", "shards", "device", "on_bad_rows", "on_missing_image",
+            "mlflow_tracking_uri"} == set(params)
+    assert params["model"].default_value.string_value == "models:/rakuten-product-classifier@champion"
+    assert params["shards"].default_value.number_value == batch_pipeline.DEFAULT_SHARDS
+    assert {"predictions", "predictions_uri", "rows", "bundle_sha256", "model"} == (
+        set(spec.root.output_definitions.parameters) | set(spec.root.output_definitions.artifacts))
+    tasks = dict(spec.root.dag.tasks)
+    (loop,) = [t for t in tasks.values() if t.task_info.name == "shards"]  # the dsl.ParallelFor
+    assert loop.parameter_iterator.items.input_parameter == "pipelinechannel--prepare-batch-Output"
+    inner = spec.components[loop.component_ref.name].dag.tasks
+    assert set(inner) == {"predict-shard"}
+    merge = tasks["merge-predictions"]
+    collected = merge.inputs.artifacts["shard_predictions"].task_output_artifact
+    assert tasks[collected.producer_task] == loop
+    assert collected.output_artifact_key == "pipelinechannel--predict-shard-predictions"
+    assert set(merge.dependent_tasks) == {"prepare-batch", collected.producer_task}
+    shard_input = spec.components["comp-merge-predictions"].input_definitions.artifacts["shard_predictions"]
+    assert shard_input.is_artifact_list and shard_input.artifact_type.schema_title == "system.Dataset"
+    assert all(not task.caching_options.enable_cache for task in (*tasks.values(), *inner.values())
+               if task.HasField("caching_options"))
+
+
+def test_batch_shards_run_on_the_gpu_pool_and_every_step_reads_the_secret(
+        batch_checked_in: tuple[Any, dict[str, Any], dict[str, Any]]) -> None:
+    spec, executors, k8s = batch_checked_in
+    for step in BATCH_STEPS:
+        container = executors[f"exec-{step}"]["container"]
+        assert container["image"] == IMAGE
+        resources = container["resources"]
+        assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) == batch_pipeline.RESOURCES[step]
+        config = k8s[f"exec-{step}"]
+        required, optional = config.secret_as_env
+        assert required.secret_name_parameter.runtime_value.constant.string_value == "rakuten-pipeline"
+        assert not required.optional and optional.optional
+        if step == "predict-shard":
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert resources["accelerator"]["resourceCount"] == "1"
+            assert dict(config.node_selector.labels) == {"nvidia.com/gpu.present": "true"}
+            assert [(t.key, t.operator, t.effect) for t in config.tolerations] == [
+                ("nvidia.com/gpu", "Exists", "NoSchedule")]
+        else:
+            assert "accelerator" not in resources and not config.tolerations
+    (loop,) = [t for t in spec.root.dag.tasks.values() if t.task_info.name == "shards"]
+    shard = spec.components[loop.component_ref.name].dag.tasks["predict-shard"]
+    assert shard.retry_policy.max_retry_count == 2
+
+
+def test_compile_options_apply_to_the_batch_pipeline_too(tmp_path: Path) -> None:
+    out = tmp_path / "batch-cpu.yaml"
+    assert cli_main(["compile", "--pipeline", "batch-prediction", "--out", str(out), "--cpu-only",
+                     "--secret", "team-creds", "--image", "registry.local/rakuten-pipeline:dev"]) == 0
+    _, executors, k8s = _load(out)
+    assert all("accelerator" not in e["container"]["resources"] for e in executors.values())
+    assert all(not c.tolerations and not c.node_selector.labels for c in k8s.values())
+    assert {c.secret_as_env[0].secret_name_parameter.runtime_value.constant.string_value
+            for c in k8s.values()} == {"team-creds"}
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.local/rakuten-pipeline:dev"}

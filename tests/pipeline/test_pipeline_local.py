@@ -43,10 +43,11 @@ def test_first_run_publishes_a_bundle_that_loads_and_predicts(local_run: Run, sy
     rows = load_labelled(synth_data).frame.head(4)
     probs, _, _ = predict_rows(model, rows, synth_data)
     assert probs.shape == (4, 27)
-    assert result["gate"] == {"promoted": True, "model_version": "1", "champion_version": None,
-                              "champion_val_weighted_f1": None,
-                              "challenger_val_weighted_f1": pytest.approx(result["val"]["weighted_f1"]),
-                              "decision": result["gate"]["decision"]}
+    gate = result["gate"]
+    assert gate == {"promoted": True, "model_version": "1", "champion_version": None, "champion_weighted_f1": None,
+                    "gate_confidence": None, "challenger_weighted_f1": gate["challenger_weighted_f1"],
+                    "decision": gate["decision"]}
+    assert 0 <= gate["challenger_weighted_f1"] <= 1  # on every held-out test row: there was no champion
     assert "first version becomes champion" in result["gate"]["decision"]
 
 
@@ -73,6 +74,8 @@ def test_kfp_artifacts_are_typed_and_carry_metrics(local_run: Run) -> None:
             "test_image_weighted_f1"} <= set(_artifact(local_run, "evaluate", "metrics")["metadata"])
     assert {"val_weighted_f1", "val_text_weighted_f1", "weight_text", "weight_image"} <= set(
         _artifact(local_run, "fit-ensemble", "metrics")["metadata"])
+    assert {"gate_promoted", "gate_rows", "gate_challenger_weighted_f1"} <= set(
+        _artifact(local_run, "register", "metrics")["metadata"])
     assert "val_weighted_f1" in _artifact(local_run, "train-lstm", "metrics")["metadata"]
     dataset = _artifact(local_run, "preprocess", "dataset")["metadata"]
     assert dataset["version"] == local_run.result["data_version"] and sum(dataset["rows"].values()) == 160
@@ -109,15 +112,21 @@ def test_first_version_is_champion_and_comes_from_the_runs_artifacts(local_run: 
     assert alias_version(cfg, CHAMPION) == alias_version(cfg, CHALLENGER) == "1"
 
 
-def test_worse_run_from_s3_registers_a_challenger_but_keeps_the_champion(worse_s3_run: Run, local_run: Run) -> None:
+def test_second_run_on_new_data_scores_the_champion_on_its_rows_and_keeps_it(worse_s3_run: Run,
+                                                                             local_run: Run) -> None:
     gate = worse_s3_run.result["gate"]
-    champion_score = local_run.result["val"]["weighted_f1"]
-    assert gate["challenger_val_weighted_f1"] < champion_score, "the shuffled-label run should score lower"
+    rows = worse_s3_run.result["test"]["rows"]
+    # The champion (trained on the first data version) is scored on this run's held-out rows of the new data.
+    assert gate["champion_version"] == "1" and gate["champion_weighted_f1"] is not None
+    assert 0 <= gate["gate_confidence"] <= 1
     assert gate["promoted"] is False and gate["model_version"] == "2"
-    assert gate["champion_version"] == "1" and gate["champion_val_weighted_f1"] == pytest.approx(champion_score)
+    assert f"on the same {rows} held-out test rows (data version {worse_s3_run.result['data_version']})" in \
+        gate["decision"] and "paired bootstrap" in gate["decision"]
+    assert worse_s3_run.result["data_version"] != local_run.result["data_version"]
     cfg = tracking(worse_s3_run.state)
     assert alias_version(cfg, CHAMPION) == "1" and alias_version(cfg, CHALLENGER) == "2"
-    assert "kept the champion" in Path(worse_s3_run.result["report"]).read_text()
+    page = Path(worse_s3_run.result["report"]).read_text()
+    assert "kept the champion" in page and "Both models on the same held-out test rows" in page
 
 
 def test_s3_data_in_and_s3_bundle_out(worse_s3_run: Run) -> None:

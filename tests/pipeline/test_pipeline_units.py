@@ -3,7 +3,6 @@ turning a failed step's log into the user's error, the run arguments and the CLI
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,9 @@ from rakuten_mm import registry, steps
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.data import DataOptions
 from rakuten_mm.errors import ConfigError, DataValidationError, ImageWeightsUnavailable
-from rakuten_mm.report import render_html
-from rakuten_mm.tracking import Tracker, TrackingConfig
+from rakuten_mm.report import html_path, render_html
+from rakuten_mm.report import write as write_report
+from rakuten_mm.tracking import TrackingConfig
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.unit]
 
@@ -42,34 +42,6 @@ def test_gate_margin_must_be_a_weighted_f1_difference(margin: float) -> None:
         registry.decide(0.5, 0.4, margin)
 
 
-def _bundle(root: Path, name: str) -> Path:
-    path = root / name
-    path.mkdir()
-    (path / "manifest.json").write_text(json.dumps({"name": name}))
-    return path
-
-
-def test_registry_moves_champion_only_past_the_margin(tmp_path: Path) -> None:
-    cfg = TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "gate", (tmp_path / "artifacts").as_uri())
-    decisions = []
-    for i, (score, margin) in enumerate([(0.50, 0.0), (0.50, 0.0), (0.58, 0.05), (0.60, 0.05)]):
-        tracker = Tracker.start(cfg, run_name=f"run-{i}")
-        decisions.append(registry.register_bundle(tracker, _bundle(tmp_path, f"b{i}"), score, margin,
-                                                  tags={"data_version": f"v{i}"}))
-    assert [(d.version, d.promoted, d.champion_version) for d in decisions] == [
-        ("1", True, None), ("2", False, "1"), ("3", True, "1"), ("4", False, "3")]
-    assert decisions[3].champion_score == pytest.approx(0.58)
-    assert registry.alias_version(cfg, registry.CHAMPION) == "3"
-    assert registry.alias_version(cfg, registry.CHALLENGER) == "4"
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=cfg.uri, registry_uri=cfg.uri)
-    version = client.get_model_version(registry.MODEL_NAME, "4")
-    assert version.tags["gate"] == "not promoted" and version.tags["data_version"] == "v3"
-    assert [a.path for a in client.list_artifacts(version.run_id, "bundle")] == ["bundle/manifest.json"]
-    assert version.source.endswith("/artifacts/bundle")
-
-
 def test_alias_lookup_before_anything_was_registered(tmp_path: Path) -> None:
     cfg = TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "gate", (tmp_path / "artifacts").as_uri())
     assert registry.alias_version(cfg, registry.CHAMPION) is None
@@ -83,13 +55,46 @@ def test_report_holds_every_section_and_escapes_text() -> None:
     per_class = {"10": {"category": "Books <&>", "precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}}
     metrics = {"val": _scores(0.8, {"text": _scores(0.7)}), "test": _scores(0.75), "weights": {"text": 0.6},
                "data_version": "abc123"}
-    gate = registry.GateDecision("m", "3", False, 0.8, "2", 0.9, 0.01, "kept the champion: ...", "file:///x")
-    page = render_html(metrics=metrics, evaluation={**_scores(0.74), "per_class": per_class}, gate=gate.to_json(),
-                       context={"data": "s3://b/<data>"}, confusion_png=b"\x89PNG fake")
-    for needle in ("abc123", "0.6000", "0.9000", "kept the champion", "Books &lt;&amp;&gt;", "s3://b/&lt;data&gt;",
-                   "data:image/png;base64,iVBORyBmYWtl", "test (published bundle)"):
+    comparison = registry.Comparison(rows=10, data_version="abc123", challenger_score=0.71, champion_version="2",
+                                     champion_score=0.93, bootstrap=registry.Bootstrap(-0.22, 0.0, -0.3, -0.1, 1000))
+    gate = registry.GateDecision("m", "3", False, registry.KEPT, comparison, 0.01, "kept the champion: ...",
+                                 "file:///x")
+    compared = {"excluded_rows": 4, "scores": {"challenger": _scores(0.71), "champion": _scores(0.93)}}
+    page = render_html(metrics=metrics, evaluation={**_scores(0.74), "per_class": per_class, "comparison": compared},
+                       gate=gate.to_json(), context={"data": "s3://b/<data>"}, confusion_png=b"\x89PNG fake")
+    for needle in ("abc123", "0.6000", "0.9300", "0.7100", "kept the champion", "Books &lt;&amp;&gt;",
+                   "s3://b/&lt;data&gt;", "data:image/png;base64,iVBORyBmYWtl", "test (published bundle)",
+                   "Both models on the same held-out test rows", "[-0.3000, -0.1000]", "0.0%"):
         assert needle in page, needle
     assert "<data>" not in page
+
+
+def test_report_sorts_codes_as_numbers_draws_the_curves_and_is_written_as_html(tmp_path: Path) -> None:
+    def row(code: int) -> dict[str, Any]:
+        return {"category": f"c{code}", "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1}
+
+    per_class = {str(code): row(code) for code in (10, 1140, 2583, 40, 50, 60)}  # as JSON keys sort: as text
+    history = {"text": [{"epoch": 1.0, "train_loss": 2.0, "val_weighted_f1": 0.3},
+                        {"epoch": 2.0, "train_loss": 1.5, "val_weighted_f1": 0.4}], "image": []}
+    metrics = {"val": _scores(0.8), "test": _scores(0.75), "weights": {"text": 1.0}, "data_version": "v",
+               "history": history}
+    comparison = registry.Comparison(rows=10, data_version="v", challenger_score=0.7)
+    gate = registry.GateDecision("m", "1", True, registry.FIRST, comparison, 0.0, "first", "file:///x")
+    page = render_html(metrics=metrics, evaluation={**_scores(0.74), "per_class": per_class}, gate=gate.to_json(),
+                       context={}, confusion_png=None)
+    table = page.split("Per class")[1].split("</table>")[0]
+    assert [int(cell.split("<")[0]) for cell in table.split('<tr><td class="num">')[1:]] == [10, 40, 50, 60, 1140,
+                                                                                            2583]
+    assert "<h2>Training curves (per member, per epoch)</h2>" in page
+    assert 'alt="training curves"' in page and "data:image/png;base64,iVBOR" in page.split("Training curves")[1]
+    assert "Training curves" not in render_html(metrics={**metrics, "history": {}}, evaluation={
+        **_scores(0.74), "per_class": per_class}, gate=gate.to_json(), context={}, confusion_png=None)
+
+    kfp_artifact = tmp_path / "register" / "report"  # the path KFP gives an HTML output: no extension
+    written = write_report(kfp_artifact, page)
+    assert written == tmp_path / "register" / "report.html" == html_path(kfp_artifact)
+    assert written.read_text() == kfp_artifact.read_text() == page
+    assert write_report(written, page) == written  # already .html: one file
 
 
 PREPROCESS_LOG = """\
