@@ -1,47 +1,37 @@
-# syntax=docker/dockerfile:1
-# The Kubeflow Pipelines image: every component of pipelines/ runs in it (kfp, torch with CUDA,
-# the project), with torchvision's ImageNet VGG16 weights baked in so training runs offline.
-# Build from the repository root:
-#   docker build -f images/pipeline.Dockerfile -t REGISTRY/rakuten-pipeline:TAG .
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
+# The Kubeflow Pipelines image: every component of pipelines/ runs in it. Built FROM the serving image
+# (images/serving.Dockerfile: the runtime venv with torch, kfp, mlflow and the project), so a node that runs both
+# pulls the large layers once; this image adds only the directories the KFP launcher writes and, optionally,
+# torchvision's ImageNet VGG16 weights.
+#
+#   make images          # builds the serving image first and passes it here
+#   docker build -f images/pipeline.Dockerfile --build-arg SERVING_IMAGE=REGISTRY/rakuten-serving:TAG \
+#       -t REGISTRY/rakuten-pipeline:TAG .
+#
+# Build args:
+#   SERVING_IMAGE          the serving image to build on (required)
+#   BAKE_IMAGENET_WEIGHTS  1: download the ImageNet VGG16 weights into $TORCH_HOME (needs network) so that
+#                          `--image-weights imagenet` works offline; 0 (default): the build needs no network and
+#                          `--image-weights imagenet` fetches the weights at run time, or fails saying so (mount a
+#                          TORCH_HOME holding hub/checkpoints/vgg16-397923af.pth, or pass a state-dict path/URI)
+# No file of the build context is used.
+ARG SERVING_IMAGE
+FROM ${SERVING_IMAGE}
+ARG BAKE_IMAGENET_WEIGHTS=0
+ENV HOME=/home/rakuten \
     TORCH_HOME=/opt/torch
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# torch + torchvision first: the largest layer (PyPI's Linux wheels bundle CUDA), cached across
-# lock changes. requirements.lock pins the same versions, so the next step keeps them.
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
-WORKDIR /src
-COPY requirements.lock ./
-RUN pip install --no-cache-dir -r requirements.lock
-COPY . .
-RUN pip install --no-cache-dir --no-deps . \
-    && rakuten --help >/dev/null
-# ImageNet weights for `--image-weights imagenet`, read from $TORCH_HOME/hub/checkpoints at run time.
-RUN python -c "import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')" \
-    && chmod -R a+rX /opt/torch
-
-FROM ${PYTHON_IMAGE}
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    TORCH_HOME=/opt/torch \
-    HOME=/home/rakuten \
-    MPLCONFIGDIR=/tmp/matplotlib \
-    MLFLOW_DISABLE_TELEMETRY=true
-# Non-root. The KFP v2 launcher writes artifacts below /gcs, /minio and /s3 (and pip/HF caches
-# below $HOME): create them writable for the runtime user (kubeflow/pipelines#10397, #10538).
-RUN groupadd --system --gid 10001 rakuten \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /home/rakuten --create-home --shell /usr/sbin/nologin rakuten \
-    && mkdir -p /gcs /minio /s3 /oci \
-    && chown 10001:10001 /gcs /minio /s3 /oci
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/torch /opt/torch
+USER 0:0
+# Non-root. The KFP v2 launcher writes artifacts below /gcs, /minio and /s3 (and pip/HF caches below $HOME):
+# create them writable for the runtime user (kubeflow/pipelines#10397, #10538). $TORCH_HOME too: without baked
+# weights, torchvision downloads them there at run time (pipeline steps have a writable root filesystem).
+RUN mkdir -p /gcs /minio /s3 /oci /home/rakuten /opt/torch \
+    && if [ "$BAKE_IMAGENET_WEIGHTS" = 1 ]; then \
+        python -c "import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')"; \
+    elif [ "$BAKE_IMAGENET_WEIGHTS" != 0 ]; then \
+        echo "BAKE_IMAGENET_WEIGHTS must be 0 or 1, got '$BAKE_IMAGENET_WEIGHTS'" >&2; exit 1; \
+    fi \
+    && chown -R 10001:10001 /gcs /minio /s3 /oci /home/rakuten /opt/torch
 WORKDIR /home/rakuten
 USER 10001:10001
+# Kubeflow (and kfp.local.DockerRunner) give every step its own command: no entry point from the serving image.
+ENTRYPOINT []
 CMD ["rakuten", "--help"]
