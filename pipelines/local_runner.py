@@ -38,6 +38,7 @@ from rakuten_mm import errors, storage
 from rakuten_mm.config import TrainConfig, state_dir
 from rakuten_mm.data import DataOptions
 from rakuten_mm.registry import MODEL_NAME, check_min_improvement
+from rakuten_mm.report import html_path
 from rakuten_mm.tracking import EXPERIMENT
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -176,7 +177,7 @@ def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOption
     for key in ("champion_weighted_f1", "gate_confidence"):  # -1: no champion, or it could not be scored
         gate[key] = None if gate[key] < 0 else gate[key]
     return {**metrics, "bundle_uri": out["bundle_uri"], "gate": gate, "mlflow_run_id": out["mlflow_run_id"],
-            "report": out["report"].path, "run_dir": str(bundle_dir.parents[1])}
+            "report": str(html_path(out["report"].path)), "run_dir": str(bundle_dir.parents[1])}
 
 
 def _scratch() -> tuple[Path, Path]:

@@ -128,7 +128,10 @@ def _train_in_process(args: argparse.Namespace, cfg: Any, options: Any) -> int:
 
     def log(prefix: str, record: dict[str, float], step: int | None) -> None:
         if tracker:
-            tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, step=step, prefix=prefix)
+            from rakuten_mm.tracking import epoch_metrics
+
+            # The same curve names as the pipeline's steps (``epoch_val_text_weighted_f1``...).
+            tracker.metrics(epoch_metrics(record, prefix.rstrip("_")), step=step)
 
     try:
         result = train(args.data, args.out, cfg, options, log=log)

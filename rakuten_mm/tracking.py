@@ -2,6 +2,11 @@
 
 A :class:`Tracker` wraps one run id and an ``MlflowClient`` (no global mlflow state), so pipeline steps in
 separate processes can log into the same run by passing the id along.
+
+Metric names follow one grammar, ``[epoch_]<split>_[<member>_]<metric>`` (:func:`metric_name`): ``val_weighted_f1``
+(the ensemble on the validation split), ``test_text_macro_f1`` (the text member on the test split),
+``epoch_val_image_weighted_f1`` and ``epoch_train_text_loss`` (per-epoch curves, step = epoch). A member's own
+nested run drops the member: ``val_weighted_f1``, ``epoch_train_loss``. Each figure is logged once, under one name.
 """
 
 from __future__ import annotations
@@ -31,6 +36,23 @@ class TrackingConfig:
         root = state_dir()
         root.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{root / 'mlflow.db'}", experiment, (root / "mlartifacts").as_uri())
+
+
+def metric_name(split: str, metric: str, member: str | None = None, epoch: bool = False) -> str:
+    """The one name of a figure (see the module doc): ``metric_name("val", "weighted_f1", "text", epoch=True)`` →
+    ``epoch_val_text_weighted_f1``."""
+    return f"{'epoch_' if epoch else ''}{split}_{f'{member}_' if member else ''}{metric}"
+
+
+def epoch_metrics(record: dict[str, float], member: str | None = None) -> dict[str, float]:
+    """One epoch of a member's training history (``{"epoch", "train_loss", "val_weighted_f1"}``) → its curve
+    points, named by :func:`metric_name` (``epoch_train_text_loss``...); the epoch itself is the step."""
+    out = {}
+    for key, value in record.items():
+        if key != "epoch":
+            split, _, metric = key.partition("_")
+            out[metric_name(split, metric, member, epoch=True)] = float(value)
+    return out
 
 
 def mlflow_client(cfg: TrackingConfig) -> Any:

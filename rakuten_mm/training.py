@@ -194,6 +194,17 @@ def train_image(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: E
     return score(y["val"], probs["val"][present["val"]], labels)
 
 
+def member_histories(member_paths: dict[str, Path]) -> dict[str, list[dict[str, float]]]:
+    """Each trained member's per-epoch history as its stage recorded it (``text.json`` / ``image.json``: epoch,
+    train_loss, val_weighted_f1), for the report's training curves; members without one (tfidf) are left out."""
+    out = {}
+    for name, meta in ((TEXT, "text.json"), (IMAGE, "image.json")):
+        path = member_paths[name] / meta if name in member_paths else None
+        if path is not None and path.is_file():
+            out[name] = json.loads(path.read_text()).get("history", [])
+    return out
+
+
 def fit_ensemble(prepared: Prepared, member_paths: dict[str, Path], out: str, cfg: TrainConfig,
                  labels: LabelMap | None = None, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tune ensemble weights on the validation split, score val + test, and publish the bundle to ``out``."""
@@ -213,6 +224,7 @@ def fit_ensemble(prepared: Prepared, member_paths: dict[str, Path], out: str, cf
                           "confusion": confusion(y[split], ensemble, labels).tolist(), "members": {
             name: score(y[split][present[split][name]], probs[split][name][present[split][name]], labels)
             for name in names}}
+    metrics["history"] = member_histories(member_paths)
     metrics.update(extra_metrics or {})
     config: dict[str, Any] = {"labels": labels.to_json(), "ensemble": {"members": names, "weights": weights},
                               "data_version": prepared.version, "train_config": cfg.to_json(),

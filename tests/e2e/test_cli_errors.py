@@ -20,7 +20,7 @@ USER_ERRORS = [
     (["train", "{tmp}", "--out", "{tmp}/b", "--epochs-text", "0"], "epochs_text must be at least 1"),
     (["train", "{tmp}", "--out", "{tmp}/b", "--members", "text,sound"], "members must be distinct names"),
     (["train", "{tmp}", "--out", "{tmp}/b", "--members", "tfidf,image"], "tfidf needs text"),
-    (["evaluate", "{tmp}/nobundle", "{tmp}"], "manifest.json is missing"),
+    (["evaluate", "{tmp}/nobundle", "{tmp}"], "no such directory"),
     (["data", "validate", "{tmp}/nodata"], "nodata"),
     (["pipeline", "submit", "s3://bucket/data", "--host", "http://127.0.0.1:9/pipeline"], "cannot reach"),
     (["pipeline", "submit", "/local/data", "--host", "http://127.0.0.1:9/pipeline"], "must be an s3:// URI"),

@@ -2,7 +2,6 @@
 
 import functools
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -43,16 +42,15 @@ def test_train_logged_to_mlflow(flow):
     # `rakuten train` runs the local Kubeflow pipeline: one parent run, a nested run per member.
     run_ = next(r for r in runs if r.data.params.get("bundle_uri") == str(flow[2]))
     assert run_.info.status == "FINISHED"
-    assert {"test_weighted_f1", "test_text_weighted_f1", "text_val_weighted_f1", "gate_promoted"} <= set(
+    assert {"test_weighted_f1", "test_text_weighted_f1", "epoch_val_text_weighted_f1", "gate_promoted"} <= set(
         run_.data.metrics)
-    history = client.get_metric_history(run_.info.run_id, "text_train_loss")
+    history = client.get_metric_history(run_.info.run_id, "epoch_train_text_loss")
     assert [m.step for m in history] == [1, 2, 3][: len(history)] and len(history) >= 2
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run_.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["image member", "text member"]
-    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
-    assert {"bundle", "report"} <= artifacts
-    bundle_files = {Path(a.path).name for a in client.list_artifacts(run_.info.run_id, "bundle")}
-    assert "manifest.json" in bundle_files
+    assert "report" in {a.path for a in client.list_artifacts(run_.info.run_id)}
+    # The bundle is the run's logged MLflow model (a pyfunc wrapping it), not a second artifact copy.
+    assert len(client.get_run(run_.info.run_id).outputs.model_outputs) == 1
 
 
 def test_in_process_training_logs_to_mlflow(flow, tmp_path):
@@ -67,7 +65,7 @@ def test_in_process_training_logs_to_mlflow(flow, tmp_path):
     client = MlflowClient(TrackingConfig.from_env().uri)
     runs = client.search_runs([client.get_experiment_by_name("rakuten").experiment_id])
     run_ = next(r for r in runs if r.data.params.get("out") == str(out))
-    assert {"test_weighted_f1", "text_val_weighted_f1"} <= set(run_.data.metrics)
+    assert {"test_weighted_f1", "epoch_val_text_weighted_f1"} <= set(run_.data.metrics)
     assert {"bundle", "reports"} <= {a.path for a in client.list_artifacts(run_.info.run_id)}
 
 

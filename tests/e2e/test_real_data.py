@@ -2,10 +2,10 @@
 
 import pytest
 
-from rakuten_mm.bundle import load_bundle
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.data import DataOptions, load_labelled, load_unlabelled
 from rakuten_mm.inference import evaluate_rows, predict_rows
+from rakuten_mm.model import load_bundle
 from rakuten_mm.training import dataset_for, train
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -90,15 +90,15 @@ def test_one_parent_mlflow_run_with_nested_members_curves_report_and_bundle(loca
         local_run.result["data_version"]
     assert parent.data.params["model_version"] == "1"
     assert {f"step_seconds_{s}" for s in STEPS} <= set(parent.data.metrics)
-    curve = client.get_metric_history(parent.info.run_id, "text_val_weighted_f1")
+    curve = client.get_metric_history(parent.info.run_id, "epoch_val_text_weighted_f1")
     assert [m.step for m in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 2
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["member"] for r in children) == ["image", "text"]
     assert all(r.info.status == "FINISHED" and "val_weighted_f1" in r.data.metrics for r in children)
     top = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"bundle", "report", "evaluation", "data"} <= top
-    assert "bundle/manifest.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "bundle")}
+    assert {"report", "evaluation", "data"} <= top
+    assert len(parent.outputs.model_outputs) == 1  # the bundle, as the run's logged MLflow model
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
@@ -106,7 +106,8 @@ def test_first_version_is_champion_and_comes_from_the_runs_artifacts(local_run: 
     client = mlflow_client(local_run.state)
     version = client.get_model_version(MODEL_NAME, "1")
     run = client.get_run(local_run.result["mlflow_run_id"])
-    assert version.source == f"{run.info.artifact_uri}/bundle" and version.run_id == run.info.run_id
+    logged = client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    assert version.source == logged.artifact_location and version.run_id == run.info.run_id
     assert float(version.tags[SCORE_TAG]) == pytest.approx(local_run.result["val"]["weighted_f1"])
     cfg = tracking(local_run.state)
     assert alias_version(cfg, CHAMPION) == alias_version(cfg, CHALLENGER) == "1"
