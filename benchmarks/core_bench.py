@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from common import machine
 
-from rakuten_mm.bundle import load_bundle
+from rakuten_mm.model import load_bundle
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.data import DataOptions, load_labelled
 from rakuten_mm.inference import evaluate_rows

@@ -98,7 +98,7 @@ def main() -> None:
 
         from mlflow.tracking import MlflowClient
 
-        from pipelines.local import run_local
+        from pipelines.local_runner import run_local
         from rakuten_mm.config import TrainConfig
         from rakuten_mm.synth import generate
         from rakuten_mm.tracking import TrackingConfig

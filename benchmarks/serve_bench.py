@@ -6,13 +6,15 @@ Measured side by side on this machine, same run, 224×224 bundle:
 2. end to end through tritonclient → transformer → predictor (both real processes on loopback): latency p50/p99 at
    concurrency 1, throughput at concurrency 4 and 16, with micro-batching on (``--max-batch-size 16``) and off
    (``--max-batch-size 1``); one product with a JPEG per request;
-3. bytes per request on the transformer → predictor hop (the transformer's own histogram) and the predictor's
-   resident memory.
+3. bytes per request on the transformer → predictor hop (the transformer's own histogram: raw text + the canonical
+   uint8 [3, 256, 256] image, whatever the bundle's size) and both servers' resident memory.
 
 Goals (issue): p50 at concurrency 1 ≤ 1.15× in-process batch-1 p50; saturated throughput ≥ 0.85× in-process
 batch-16 throughput. Loops are bounded (fixed request counts); traffic stays on 127.0.0.1.
 
     python benchmarks/serve_bench.py [--bundle BUNDLE] [--rounds 4] [--seed 0]
+
+Peak memory under 16 concurrent maximum-size requests: ``benchmarks/serve_memory_bench.py``.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/ from th
 
 from common import machine  # noqa: E402
 
-from rakuten_mm.bundle import load_bundle  # noqa: E402
+from devtools.local_servers import LocalServers  # noqa: E402
 from rakuten_mm.config import TrainConfig  # noqa: E402
+from rakuten_mm.model import load_bundle  # noqa: E402
 from rakuten_mm.synth import generate  # noqa: E402
 from rakuten_mm.training import train  # noqa: E402
-from serving.local import LocalServers  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "rakuten-real"
 
@@ -162,7 +164,7 @@ def metric(url: str, name: str) -> float:
 
 _OMP_PROBE = """
 import statistics, sys, time
-from rakuten_mm.bundle import load_bundle
+from rakuten_mm.model import load_bundle
 m = load_bundle(sys.argv[1])
 ids = m.pre.encode_text(["lampe de chevet"])
 images, mask = m.pre.encode_images([open(sys.argv[2], "rb").read()])
@@ -232,6 +234,8 @@ def main() -> int:
                 r_tput.append(max(tput["on4"][-1], tput["on16"][-1]) / (16 / b16[0]))
                 r_onoff.append(tput["on16"][-1] / tput["off16"][-1])
             rss = {k: psutil.Process(s.predictor.pid).memory_info().rss for k, s in servers.items() if s.predictor}
+            rss_t = {k: psutil.Process(s.transformer.pid).memory_info().rss for k, s in servers.items()
+                     if s.transformer}
             on = servers["on"]
             assert on.transformer is not None and on.predictor is not None
             hop = (metric(on.transformer.url, "rakuten_transformer_predictor_request_bytes_sum")
@@ -272,15 +276,16 @@ def main() -> int:
           f"{statistics.median(r_tput):.2f}× | ≥ 0.85× |")
     print(f"| served throughput at c=16: batching on / off | {statistics.median(r_onoff):.2f}× | – |")
     print()
-    print(f"- bytes per request on the transformer → predictor hop: {hop / 1e3:.1f} KB (uint8 image "
-          f"{3 * size * size / 1e3:.1f} KB + token ids + mask + JSON header; goal ≤ 160 KB at 224×224)")
+    print(f"- bytes per request on the transformer → predictor hop: {hop / 1e3:.1f} KB (canonical uint8 image "
+          f"{3 * 256 * 256 / 1e3:.1f} KB + raw text + mask + JSON header, for any bundle size; the {size}×{size} "
+          f"preset is applied in the predictor)")
     print(f"- rows per predictor forward pass: {rows['on']:.2f} with batching on, {rows['off']:.2f} off")
     print("- OpenMP wait policy, batch-1 forward in a fresh process, same moment (p50 / worst of 6): ACTIVE "
           f"{omp['ACTIVE'][0] * ms:.0f} / {omp['ACTIVE'][1] * ms:.0f} ms, PASSIVE {omp['PASSIVE'][0] * ms:.0f} / "
           f"{omp['PASSIVE'][1] * ms:.0f} ms (`rakuten serve` and this benchmark use PASSIVE unless OMP_WAIT_POLICY "
           "is set)")
-    print(f"- predictor resident memory after the run: {rss['on'] / 2**20:.0f} MiB (batching on), "
-          f"{rss['off'] / 2**20:.0f} MiB (off)")
+    print(f"- resident memory after the run: predictor {rss['on'] / 2**20:.0f} MiB (batching on), "
+          f"{rss['off'] / 2**20:.0f} MiB (off); transformer {rss_t['on'] / 2**20:.0f} MiB (no bundle, no torch)")
     return 0
 
 

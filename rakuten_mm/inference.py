@@ -1,4 +1,5 @@
-"""Batch evaluation and prediction over a dataset with a loaded bundle (the same calls serving makes)."""
+"""Batch evaluation and prediction over a dataset with a loaded bundle (the same calls the serving predictor makes,
+on the same canonical images the serving transformer sends it)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from rakuten_mm.bundle import Classifier
 from rakuten_mm.ensemble import combine
-from rakuten_mm.evaluation import confusion, score, write_confusion
+from rakuten_mm.evaluation import score_predictions
+from rakuten_mm.image import canonical_images
+from rakuten_mm.model import Classifier
 
 
 def predict_rows(model: Classifier, rows: pd.DataFrame, root: Path, batch_size: int = 32,
@@ -22,10 +24,9 @@ def predict_rows(model: Classifier, rows: pd.DataFrame, root: Path, batch_size: 
     ens, probs, present = [], [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=None):
         chunk = rows.iloc[start:start + batch_size]
-        ids = model.pre.encode_text(chunk["designation"].tolist(), chunk["description"].tolist())
-        blobs = [(root / p).read_bytes() if p else None for p in chunk["image"]]
-        images, mask = model.pre.encode_images(blobs)
-        p, m = model.member_probs(ids, images, mask)
+        # The served path exactly: image files → the canonical transport form → Classifier (rakuten_mm.model).
+        images, mask = canonical_images([(root / p).read_bytes() if p else None for p in chunk["image"]])
+        p, m = model.member_probs_raw(chunk["designation"].tolist(), chunk["description"].tolist(), images, mask)
         ens.append(combine(p, model.weights, m))
         probs.append(p)
         present.append(m)
@@ -39,18 +40,8 @@ def predict_rows(model: Classifier, rows: pd.DataFrame, root: Path, batch_size: 
 def evaluate_rows(model: Classifier, rows: pd.DataFrame, root: Path, report_dir: Path | None = None
                   ) -> dict[str, Any]:
     """Scores of the ensemble and of each member (on the rows it is present for); writes confusion matrices."""
-    labels = model.labels
-    y = np.array([labels.index_of(c) for c in rows["prdtypecode"]], dtype=np.int64)
     ens, probs, present = predict_rows(model, rows, root, desc="evaluate")
-    result = score(y, ens, labels)
-    result["members"] = {name: score(y[present[name]], probs[name][present[name]], labels) for name in probs}
-    if report_dir is not None:
-        csv, png = write_confusion(confusion(y, ens, labels), labels, report_dir)
-        result["confusion_matrix"] = {"csv": str(csv), "png": str(png)}
-        for name in probs:
-            write_confusion(confusion(y[present[name]], probs[name][present[name]], labels), labels, report_dir,
-                            stem=f"confusion_matrix_{name}", title=f"Confusion matrix ({name} member)")
-    return result
+    return score_predictions(model.labels, rows["prdtypecode"].tolist(), ens, probs, present, report_dir=report_dir)
 
 
 def predictions_frame(model: Classifier, rows: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:

@@ -38,7 +38,7 @@ class TensorBatch:
     """The predictor's tensor contract for one request (or a merged batch)."""
 
     token_ids: np.ndarray  # int64 [B, L]; an all-zero row has no text
-    images: np.ndarray | None  # uint8 [B, 3, S, S], or None when no row has an image
+    images: np.ndarray | None  # uint8 [B, 3, 256, 256] (canonical), or None when no row has an image
     image_mask: np.ndarray  # bool [B]
 
     @property

@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 import orjson
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, RequestedOutput
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput
+
+from serving import kserve_compat
+from serving.contract import MODEL_VERSION
 
 # V2 datatype name → numpy dtype (binary payloads are little-endian).
 DATATYPES: dict[str, np.dtype] = {
@@ -46,7 +49,6 @@ DATATYPES: dict[str, np.dtype] = {
 }
 MAX_DIMS = 8
 BINARY_SIZE = "binary_data_size"
-MODEL_VERSION = "1"  # the loaded bundle; versioned paths answer for this version only
 _LEN = struct.Struct("<I")
 
 
@@ -209,8 +211,7 @@ def to_numpy(inp: InferInput) -> np.ndarray:
         if data.dtype != DATATYPES[datatype]:
             return from_json(inp.name, datatype, shape, data)
         return data
-    # KServe keeps binary (REST set_data_from_numpy, gRPC raw_input_contents) payloads only in this attribute.
-    raw = getattr(inp, "_raw_data", None)
+    raw = kserve_compat.raw_input_bytes(inp)
     if raw is not None:
         return from_binary(inp.name, datatype, shape, raw)
     if data is None:
@@ -338,6 +339,20 @@ def find_inputs(request: InferRequest, allowed: Mapping[str, str], required: Ite
     return found
 
 
+def bytes_column(name: str, array: np.ndarray | None, rows: int | None) -> list[bytes] | None:
+    """A BYTES input of shape [B] (or [B, 1]) → its elements; ``rows``: the batch size other inputs have."""
+    if array is None:
+        return None
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise InvalidInput(f"{_name(name)}: shape must be [B] (or [B, 1]), got {list(array.shape)}")
+    if rows is not None and array.shape[0] != rows:
+        raise InvalidInput(f"batch sizes disagree: designation has {rows} rows, {name} has {array.shape[0]}; "
+                           "allowed: the same B for every input")
+    return [bytes(x) for x in array.tolist()]
+
+
 def check_requested_outputs(request: InferRequest, allowed: Sequence[str]) -> None:
     for out in request.request_outputs or []:
         if out.name not in allowed:
@@ -362,3 +377,10 @@ def to_input(name: str, array: np.ndarray, binary: bool = True) -> InferInput:
 def response_id(request: InferRequest) -> str:
     """OIP: a request's ``id`` is echoed in the response; without one the server makes one up."""
     return request.id or str(uuid.uuid4())
+
+
+def respond(request: InferRequest, model_name: str, outputs: Mapping[str, np.ndarray]) -> InferResponse:
+    """A V2 response to ``request``: its id echoed, the outputs it asked for, binary when it asked for binary."""
+    return InferResponse(response_id=response_id(request), model_name=model_name, model_version=MODEL_VERSION,
+                         infer_outputs=[to_output(name, array) for name, array in outputs.items()],
+                         use_binary_outputs=request.use_binary_outputs, requested_outputs=request.request_outputs)

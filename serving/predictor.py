@@ -1,46 +1,36 @@
-"""The KServe predictor: loads a bundle and answers V2 infer on tensors (LSTM + VGG16 + weighted ensemble).
+"""The KServe predictor: loads a bundle and does all bundle-specific work (:mod:`serving.contract`'s hop).
 
-Inputs (``GET /v2/models/rakuten`` lists them):
+Inputs (``GET /v2/models/rakuten`` lists them; request parameter ``contract_version`` = ``"2"`` is required):
 
-- ``token_ids`` INT64 [B, L] (required): token ids from the bundle's vocabulary, right-padded with 0; an all-zero
-  row means "no text". Rows longer than the bundle's ``max_tokens`` are truncated to it, as the transformer does.
-- ``image`` UINT8 [B, 3, S, S] (optional): RGB pixels already resized to the bundle's image size S (``to_uint8`` of
-  the shared image preset). Normalisation happens here, on the predictor's device.
-- ``image_mask`` BOOL [B] (optional): which rows carry an image. Without it, every row of ``image`` counts as
-  present; without ``image``, no row has one and the text member answers alone.
+- ``designation`` BYTES [B] (required) and ``description`` BYTES [B] (optional): raw UTF-8 text. Cleaning,
+  vocabulary and the token cap are the bundle's (:class:`rakuten_mm.model.Classifier`).
+- ``image`` UINT8 [B, 3, 256, 256] (optional): the canonical transport form (:func:`rakuten_mm.image.to_canonical`);
+  the bundle's preset resizes and normalises it here, on the predictor's device.
+- ``image_mask`` BOOL [B] (optional): which rows carry an image. Without it every row of ``image`` counts as
+  present; without ``image`` no row has one.
 
-Outputs: ``probabilities`` FP32 [B, C] (C = 27 classes, in the bundle's label order) and ``prdtypecode`` INT64 [B].
+A product with neither usable text (no word left after cleaning) nor an image is a 400. Outputs: ``prdtypecode``
+INT64 [B], ``category`` BYTES [B], ``probabilities`` FP32 [B, C] (the bundle's label order). Concurrent requests
+are merged into one forward pass (:mod:`serving.batching`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from rakuten_mm.bundle import Classifier, load_bundle
 from rakuten_mm.config import resolve_device
-from serving import codec
+from rakuten_mm.model import Classifier, load_bundle
+from rakuten_mm.text import text_present
+from serving import codec, contract
 from serving.batching import MicroBatcher, TensorBatch, merge, split
-from serving.errors import reject_v1
-
-INPUTS = {"token_ids": "INT64", "image": "UINT8", "image_mask": "BOOL"}
-OUTPUTS = ("probabilities", "prdtypecode")
-DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
-
-
-@dataclass(frozen=True)
-class PredictorSettings:
-    """Everything the predictor is configured with; built once by ``serving.cli``."""
-
-    model_dir: str = DEFAULT_MODEL_DIR
-    device: str = "auto"
-    max_batch_size: int = 16
-    max_batch_delay_ms: float = 5.0
+from serving.errors import client_errors, reject_v1
+from serving.settings import PredictorSettings, check_products, check_text
 
 
 @dataclass
@@ -52,7 +42,7 @@ class _Call:
     probabilities: np.ndarray | None = None
 
 
-class RakutenPredictor(Model):
+class RakutenPredictor(contract.ContractModel):
     def __init__(self, name: str, settings: PredictorSettings) -> None:
         super().__init__(name)
         self.settings = settings
@@ -68,9 +58,6 @@ class RakutenPredictor(Model):
         self.ready = True
         return self.ready
 
-    def start(self) -> None:
-        """KServe's default marks any model ready here; readiness comes from :meth:`load` only."""
-
     def stop(self) -> None:
         self.ready = False
         if self.batcher is not None:
@@ -83,57 +70,48 @@ class RakutenPredictor(Model):
         return self.classifier
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        size = self._model.pre.image_preset.size
-        return [{"name": "token_ids", "datatype": "INT64", "shape": [-1, -1]},
-                {"name": "image", "datatype": "UINT8", "shape": [-1, 3, size, size]},
-                {"name": "image_mask", "datatype": "BOOL", "shape": [-1]}]
-
-    def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self._model.labels)]},
-                {"name": "prdtypecode", "datatype": "INT64", "shape": [-1]}]
-
-    def validate(self, payload: Any) -> Any:
-        return payload  # preprocess already checked every tensor
+        return contract.hop_input_types()
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Call:
         if not isinstance(payload, InferRequest):
-            reject_v1(self.name, "the predictor takes V2 tensors (token_ids, image, image_mask)")
-        codec.check_requested_outputs(payload, OUTPUTS)
-        tensors = codec.find_inputs(payload, INPUTS, required=("token_ids",))
-        return _Call(payload, self.tensor_batch(tensors))
+            reject_v1(self.name, "the predictor takes the hop's V2 tensors: " + ", ".join(contract.HOP_INPUTS))
+        first = contract.check_hop_parameters(payload.parameters)
+        codec.check_requested_outputs(payload, list(contract.OUTPUTS))
+        tensors = codec.find_inputs(payload, contract.HOP_INPUTS, required=("designation",))
+        # Cleaning + tokenising up to --max-products long texts: off the event loop, which keeps answering probes.
+        return _Call(payload, await asyncio.to_thread(self.tensor_batch, tensors, first))
 
-    def tensor_batch(self, tensors: dict[str, np.ndarray]) -> TensorBatch:
-        """Check the tensor contract (shapes, ranges, agreeing batch sizes) → a :class:`TensorBatch`."""
-        model = self._model
-        token_ids = tensors["token_ids"]
-        if token_ids.ndim != 2 or token_ids.shape[1] < 1:
-            raise InvalidInput(f"input 'token_ids': shape must be [B, L] with L >= 1, got {list(token_ids.shape)}")
-        rows = token_ids.shape[0]
-        if rows == 0:
-            raise InvalidInput("the batch is empty: token_ids has 0 rows; allowed: at least 1 row")
-        vocab = len(model.pre.vocab)
-        if token_ids.min() < 0 or token_ids.max() >= vocab:
-            raise InvalidInput(f"input 'token_ids': ids must lie in [0, {vocab}) (the bundle's vocabulary), got "
-                               f"[{int(token_ids.min())}, {int(token_ids.max())}]")
-        # A copy: binary inputs are read-only views of the request body, which torch warns about.
-        token_ids = np.array(token_ids[:, : model.pre.cleaning.max_tokens], dtype=np.int64)
+    def tensor_batch(self, tensors: dict[str, np.ndarray], first: int = 0) -> TensorBatch:
+        """Check the hop's tensors (shapes, limits, agreeing batch sizes), tokenise → a :class:`TensorBatch`."""
+        designations = codec.bytes_column("designation", tensors["designation"], None)
+        assert designations is not None
+        rows = len(designations)
+        with client_errors():
+            check_products(rows, self.settings.max_products)
+        descriptions = codec.bytes_column("description", tensors.get("description"), rows) or [b""] * rows
+        with client_errors():
+            check_text(designations, descriptions, self.settings.max_text_chars, first)
         image, mask = tensors.get("image"), tensors.get("image_mask")
-        size = model.pre.image_preset.size
-        if image is not None and (image.ndim != 4 or list(image.shape[1:]) != [3, size, size]):
-            raise InvalidInput(f"input 'image': shape must be [B, 3, {size}, {size}] (the bundle's image size), "
-                               f"got {list(image.shape)}")
+        if image is not None and (image.ndim != 4 or list(image.shape[1:]) != contract.CANONICAL_SHAPE):
+            raise InvalidInput(f"input 'image': shape must be [B, {', '.join(map(str, contract.CANONICAL_SHAPE))}] "
+                               f"(the canonical transport form), got {list(image.shape)}")
         if mask is not None and mask.ndim != 1:
             raise InvalidInput(f"input 'image_mask': shape must be [B], got {list(mask.shape)}")
         for name, arr in (("image", image), ("image_mask", mask)):
             if arr is not None and arr.shape[0] != rows:
-                raise InvalidInput(f"batch sizes disagree: token_ids has {rows} rows, {name} has {arr.shape[0]}; "
+                raise InvalidInput(f"batch sizes disagree: designation has {rows} rows, {name} has {arr.shape[0]}; "
                                    "allowed: the same B for every input")
         if mask is None:
             mask = np.full(rows, image is not None)
         elif image is None and mask.any():
             raise InvalidInput("input 'image_mask' marks rows as having an image but no 'image' tensor was sent; "
                                "allowed: send 'image' too, or an all-false mask")
-        return TensorBatch(token_ids, image, mask)
+        token_ids = self._model.pre.encode_text(designations, descriptions)
+        if (empty := np.flatnonzero(~text_present(token_ids) & ~mask)).size:
+            raise InvalidInput(f"product {first + int(empty[0])} has no usable text (no word is left in its "
+                               "designation and description after cleaning) and no image; allowed: a designation "
+                               "with at least one word, or an image")
+        return TensorBatch(token_ids, image, np.asarray(mask, dtype=bool))
 
     def _forward(self, batches: list[TensorBatch]) -> list[np.ndarray]:
         """Runs in the batcher's thread: one merged forward (chunked at ``max_batch_size`` rows)."""
@@ -156,11 +134,9 @@ class RakutenPredictor(Model):
                           response_headers: dict[str, str] | None = None) -> InferResponse:
         assert result.probabilities is not None
         probs = np.ascontiguousarray(result.probabilities, dtype=np.float32)
-        codes = np.asarray(self._model.labels.codes, dtype=np.int64)[probs.argmax(axis=1)]
-        request = result.request
-        return InferResponse(response_id=codec.response_id(request), model_name=self.name,
-                             model_version=codec.MODEL_VERSION,
-                             infer_outputs=[codec.to_output("probabilities", probs),
-                                            codec.to_output("prdtypecode", codes)],
-                             use_binary_outputs=request.use_binary_outputs,
-                             requested_outputs=request.request_outputs)
+        labels = self._model.labels
+        best = probs.argmax(axis=1)
+        return codec.respond(result.request, self.name, {
+            "prdtypecode": np.asarray(labels.codes, dtype=np.int64)[best],
+            "category": np.array([labels.names[i].encode("utf-8") for i in best], dtype=object),
+            "probabilities": probs})

@@ -1,25 +1,25 @@
-"""The KServe transformer: raw products → tensors (the bundle's own cleaning, vocabulary and image preset) → the
-predictor → category.
+"""The KServe transformer: protocol, limits and image decoding; it needs no bundle (and no torch).
 
 V2 inputs (all BYTES [B]; ``[B, 1]`` is accepted too):
 
-- ``designation`` (required): product title, UTF-8 (invalid bytes are replaced, as in batch prediction).
+- ``designation`` (required, not blank): product title, UTF-8.
 - ``description`` (optional): free text, HTML allowed; an empty element means "no description".
-- ``image`` (optional): the product image as raw JPEG/PNG bytes with the binary tensor extension, or as a base64
-  string (RFC 4648, ``data:image/...;base64,`` prefix allowed) in JSON; an empty element means "no image", and that
-  product is answered by the text member alone.
-
-Text longer than ``max_text_chars`` characters per field is truncated (then capped at the bundle's ``max_tokens``
-tokens), never rejected. Images over ``max_image_pixels`` pixels (decompression bombs), truncated or not images at
-all are rejected with 400 naming the product's row.
+- ``image`` (optional): raw image bytes with the binary tensor extension, or a base64 string (RFC 4648,
+  ``data:image/...;base64,`` prefix allowed) in JSON; an empty element means "no image".
 
 V2 outputs: ``prdtypecode`` INT64 [B], ``category`` BYTES [B], ``probabilities`` FP32 [B, 27].
 V1 compatibility: ``POST /v1/models/rakuten:predict`` with ``{"instances": [{"designation", "description",
-"image": <base64>}]}`` answers ``{"predictions": [{"prdtypecode", "category", "probability"}]}``.
+"image": <base64>}]}`` answers ``{"predictions": [{"prdtypecode", "category", "probability"}]}`` (probability: the
+predicted class's, the row maximum).
 
-To the predictor it sends binary V2 tensors: ``token_ids`` INT64 [B, L], and when some product has an image,
-``image`` UINT8 [B, 3, S, S] + ``image_mask`` BOOL [B] (≈ 150 KB per 224×224 image). Its own ``predict`` only maps
-transport failures to 503 (predictor unreachable, timing out or not ready).
+Limits (:mod:`serving.settings`; each a 400 naming the limit and the value): products per request, characters per
+text field, pixels per image and per request (declared sizes, checked before anything is decoded).
+
+To the predictor it sends the bundle-independent hop of :mod:`serving.contract` (text unchanged, images decoded to
+the canonical ``uint8 [3, 256, 256]``), in chunks of at most ``--hop-products`` products, one after the other, each
+within ``--predictor_request_timeout_seconds`` (504 past it). Images are decoded by a small thread pool shared by
+all requests (``--decode-threads``), which bounds the memory that decoding takes. Readiness (``/v2/health/ready``,
+model ready) is the predictor's: 503 while it is unreachable or not ready.
 """
 
 from __future__ import annotations
@@ -29,59 +29,33 @@ import base64
 import binascii
 import re
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
-from kserve import InferenceRESTClient, Model, RESTConfig
+from kserve import InferenceRESTClient, RESTConfig
 from kserve.errors import InferenceError, InvalidInput
 from kserve.model import append_forwardable_headers
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from rakuten_mm.bundle import Preprocessor, load_preprocessor
-from rakuten_mm.errors import ConfigError, InputError
-from rakuten_mm.image import DEFAULT_MAX_PIXELS
-from serving import codec
-from serving.errors import PredictorUnavailable
-from serving.predictor import DEFAULT_MODEL_DIR
+from rakuten_mm.image import canonical_images, declared_pixels
+from serving import codec, contract
+from serving.errors import PredictorTimeout, PredictorUnavailable, client_errors
+from serving.settings import TransformerSettings, check_products, check_text
 
-INPUTS = {"designation": "BYTES", "description": "BYTES", "image": "BYTES"}
-OUTPUTS = ("prdtypecode", "category", "probabilities")
-V1_KEYS = ("designation", "description", "image")
 _DATA_URI = re.compile(rb"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(rb"\s+")
+READY_TIMEOUT_S = 5.0
 
 ENCODE_SECONDS = Histogram("rakuten_transformer_encode_seconds",
-                           "text cleaning + tokenising and image decoding + resizing, per request", ["model_name"])
-HOP_BYTES = Histogram("rakuten_transformer_predictor_request_bytes", "bytes sent to the predictor per request",
+                           "request parsing, limit checks and image decoding to the canonical form, per request",
+                           ["model_name"])
+HOP_BYTES = Histogram("rakuten_transformer_predictor_request_bytes", "bytes sent to the predictor per hop request",
                       ["model_name"], buckets=(1e3, 1e4, 1e5, 2e5, 5e5, 1e6, 4e6, 16e6, 64e6))
-
-
-@dataclass(frozen=True)
-class TransformerSettings:
-    """Everything the transformer is configured with; built once by ``serving.cli``."""
-
-    predictor_host: str
-    model_dir: str = DEFAULT_MODEL_DIR
-    predictor_use_ssl: bool = False
-    predictor_timeout_s: float = 600.0
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    max_text_chars: int = 10_000
-
-    def __post_init__(self) -> None:
-        if not self.predictor_host or "/" in self.predictor_host:
-            raise ConfigError(f"--predictor_host must be HOST:PORT (no scheme or path), got {self.predictor_host!r}")
-        if self.max_image_pixels < 1 or self.max_text_chars < 1 or self.predictor_timeout_s <= 0:
-            raise ConfigError("--max-image-pixels, --max-text-chars and --predictor_request_timeout_seconds must be "
-                              f"positive, got {self.max_image_pixels}, {self.max_text_chars}, "
-                              f"{self.predictor_timeout_s}")
-
-    @property
-    def predictor_url(self) -> str:
-        return f"{'https' if self.predictor_use_ssl else 'http'}://{self.predictor_host}"
 
 
 @dataclass
@@ -92,28 +66,18 @@ class Products:
     descriptions: list[bytes]
     images: list[bytes | None]
 
+    def __len__(self) -> int:
+        return len(self.designations)
+
 
 @dataclass
 class _Call:
     """One client request on its way through preprocess → predict → postprocess."""
 
     request: InferRequest | None  # None for V1
-    predictor_request: InferRequest
-    rows: int
-    response: InferResponse | None = None
-
-
-def _column(name: str, array: np.ndarray | None, rows: int | None) -> list[bytes] | None:
-    if array is None:
-        return None
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 1:
-        raise InvalidInput(f"input {name!r}: shape must be [B] (or [B, 1]), got {list(array.shape)}")
-    if rows is not None and array.shape[0] != rows:
-        raise InvalidInput(f"batch sizes disagree: designation has {rows} rows, {name} has {array.shape[0]}; "
-                           "allowed: the same B for every input")
-    return [bytes(x) for x in array.tolist()]
+    request_id: str
+    products: Products
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 def decode_base64(row: int, text: bytes) -> bytes:
@@ -123,56 +87,43 @@ def decode_base64(row: int, text: bytes) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"image of product {row} is not valid base64 ({exc}); allowed in JSON: a standard base64 "
-                           f"string of JPEG/PNG bytes (or an empty string for no image), got {text[:40]!r}") from None
+                           f"string of image bytes (or an empty string for no image), got {text[:40]!r}") from None
 
 
-class RakutenTransformer(Model):
+class RakutenTransformer(contract.ContractModel):
     def __init__(self, name: str, settings: TransformerSettings,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         super().__init__(name)
         self.settings = settings
-        self.pre: Preprocessor | None = None
         self._transport = transport  # tests hand in a fake predictor; None means the network
         self._client: InferenceRESTClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="rakuten-decode")
 
     def load(self) -> bool:
-        """Load the bundle's preprocessing (label map, cleaning, vocabulary, image preset); ready afterwards."""
-        self.pre = load_preprocessor(self.settings.model_dir)
+        """Nothing to load: the transformer is bundle-independent. Readiness is the predictor's
+        (:meth:`check_upstream`)."""
         self.ready = True
         return self.ready
 
-    def start(self) -> None:
-        """KServe's default marks any model ready here; readiness comes from :meth:`load` only."""
-
-    @property
-    def _pre(self) -> Preprocessor:
-        if self.pre is None:
-            raise RuntimeError("the transformer is used before load()")
-        return self.pre
+    def stop(self) -> None:
+        self.ready = False
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in INPUTS]
-
-    def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": "prdtypecode", "datatype": "INT64", "shape": [-1]},
-                {"name": "category", "datatype": "BYTES", "shape": [-1]},
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self._pre.labels)]}]
-
-    def validate(self, payload: Any) -> Any:
-        return payload  # preprocess already checked the request
+        return contract.client_input_types()
 
     # ---- client request → products -------------------------------------------------------------------------
 
     def products_from_v2(self, request: InferRequest) -> Products:
-        codec.check_requested_outputs(request, OUTPUTS)
-        tensors = codec.find_inputs(request, INPUTS, required=("designation",))
-        designations = _column("designation", tensors["designation"], None)
+        codec.check_requested_outputs(request, list(contract.OUTPUTS))
+        tensors = codec.find_inputs(request, contract.CLIENT_INPUTS, required=("designation",))
+        designations = codec.bytes_column("designation", tensors["designation"], None)
         assert designations is not None
         rows = len(designations)
-        descriptions = _column("description", tensors.get("description"), rows) or [b""] * rows
+        descriptions = codec.bytes_column("description", tensors.get("description"), rows) or [b""] * rows
         images: list[bytes | None] = [None] * rows
-        raw_images = _column("image", tensors.get("image"), rows)
+        raw_images = codec.bytes_column("image", tensors.get("image"), rows)
         if raw_images is not None:
             binary = codec.is_binary(next(i for i in request.inputs if i.name == "image"))
             images = [(blob if binary else decode_base64(row, blob)) or None for row, blob in enumerate(raw_images)]
@@ -188,61 +139,48 @@ class RakutenTransformer(Model):
         if not isinstance(instances, list):
             raise InvalidInput('the V1 request must be {"instances": [{"designation": ..., "description": ..., '
                                f'"image": <base64>}}, ...]}}, got {str(payload)[:80]!r}')
+        keys = list(contract.V1_KEYS)
         products = Products([], [], [])
         for row, inst in enumerate(instances):
             if not isinstance(inst, dict):
-                raise InvalidInput(f"instance {row} must be an object with keys {list(V1_KEYS)}, "
-                                   f"got {type(inst).__name__}")
-            if unknown := sorted(set(inst) - set(V1_KEYS)):
-                raise InvalidInput(f"instance {row} has unknown keys {unknown}; allowed keys: {list(V1_KEYS)}")
+                raise InvalidInput(f"instance {row} must be an object with keys {keys}, got {type(inst).__name__}")
+            if unknown := sorted(set(inst) - set(keys)):
+                raise InvalidInput(f"instance {row} has unknown keys {unknown}; allowed keys: {keys}")
+            if "designation" not in inst:
+                raise InvalidInput(f"instance {row}: 'designation' is required; allowed keys: {keys}, "
+                                   f"got {sorted(inst)}")
             fields = {}
-            for key in V1_KEYS:
+            for key in keys:
                 value = inst.get(key)
                 if value is not None and not isinstance(value, str):
                     raise InvalidInput(f"instance {row}: {key!r} must be a string or null, got "
                                        f"{type(value).__name__}")
                 fields[key] = (value or "").encode("utf-8", errors="surrogatepass")
-            if "designation" not in inst:
-                raise InvalidInput(f"instance {row}: 'designation' is required; allowed keys: {list(V1_KEYS)}, "
-                                   f"got {sorted(inst)}")
             products.designations.append(fields["designation"])
             products.descriptions.append(fields["description"])
             products.images.append(decode_base64(row, fields["image"]) if fields["image"] else None)
         return products
 
-    # ---- products → predictor tensors ----------------------------------------------------------------------
-
-    def encode(self, products: Products) -> InferRequest:
-        """Products → the predictor's binary V2 request (token_ids, and image + image_mask when any image)."""
-        pre = self._pre
-        rows = len(products.designations)
-        if rows == 0:
-            raise InvalidInput("the batch is empty: 0 products were sent; allowed: at least 1 product")
+    def check(self, products: Products) -> None:
+        """Every limit that needs no decoding: products, blank designations, text length, declared pixels."""
+        s = self.settings
+        with client_errors():
+            check_products(len(products), s.max_products)
         for row, designation in enumerate(products.designations):
             if not designation.strip():
                 raise InvalidInput(f"designation of product {row} is empty; every product needs a non-empty "
                                    "designation (description and image are optional)")
-        cap = self.settings.max_text_chars
-        # Truncated at max_text_chars characters per field before cleaning (the token cap follows in encode_text).
-        designations = [d.decode("utf-8", errors="replace")[:cap] for d in products.designations]
-        descriptions = [d.decode("utf-8", errors="replace")[:cap] for d in products.descriptions]
-        token_ids = pre.encode_text(designations, descriptions)
-        inputs = [codec.to_input("token_ids", token_ids)]
-        if any(blob is not None for blob in products.images):
-            size = pre.image_preset.size
-            pixels = np.zeros((rows, 3, size, size), dtype=np.uint8)
-            mask = np.zeros(rows, dtype=bool)
-            for row, blob in enumerate(products.images):
-                if blob is None:
-                    continue
-                try:
-                    one, _ = pre.encode_images([blob], self.settings.max_image_pixels)
-                except InputError as exc:
-                    raise InvalidInput(f"image of product {row}: {exc}; allowed: JPEG or PNG bytes of at most "
-                                       f"{self.settings.max_image_pixels} pixels") from None
-                pixels[row], mask[row] = one[0], True
-            inputs += [codec.to_input("image", pixels), codec.to_input("image_mask", mask)]
-        return InferRequest(model_name=self.name, infer_inputs=inputs)
+        with client_errors():
+            check_text(products.designations, products.descriptions, s.max_text_chars)
+        total = 0
+        for row, blob in enumerate(products.images):
+            if blob is not None:
+                with client_errors(f"image of product {row}: "):
+                    total += declared_pixels(blob, s.max_image_pixels)
+        if total > s.max_request_pixels:
+            raise InvalidInput(f"the request's images have {total} pixels in all; allowed at most "
+                               f"{s.max_request_pixels} per request (--max-request-pixels): split it into several "
+                               "requests")
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Call:
         with ENCODE_SECONDS.labels(self.name).time():
@@ -252,13 +190,34 @@ class RakutenTransformer(Model):
             else:
                 products = self.products_from_v1(payload)
                 request = None
-            # Image decoding is CPU-bound (Pillow releases the GIL): a worker thread keeps the event loop free.
-            predictor_request = await asyncio.to_thread(self.encode, products)
+            self.check(products)
         # The predictor sees the client's request id (or a fresh one), so both servers' logs can be matched.
-        predictor_request.id = codec.response_id(request) if request is not None else str(uuid.uuid4())
-        return _Call(request, predictor_request, len(products.designations))
+        request_id = codec.response_id(request) if request is not None else str(uuid.uuid4())
+        return _Call(request, request_id, products)
 
-    # ---- the predictor call: only transport failures are handled here ----------------------------------------
+    # ---- products → hop requests → the predictor -----------------------------------------------------------
+
+    def _decode(self, row: int, blob: bytes) -> np.ndarray:
+        with client_errors(f"image of product {row}: "):
+            canonical, _ = canonical_images([blob], self.settings.max_image_pixels)
+        return canonical[0]
+
+    async def hop_request(self, products: Products, start: int, stop: int, request_id: str) -> InferRequest:
+        """Products ``[start, stop)`` → the hop's binary V2 request (images decoded on the shared decode pool)."""
+        designations = np.array(products.designations[start:stop], dtype=object)
+        descriptions = np.array(products.descriptions[start:stop], dtype=object)
+        inputs = [codec.to_input("designation", designations), codec.to_input("description", descriptions)]
+        blobs = products.images[start:stop]
+        if any(blob is not None for blob in blobs):
+            loop = asyncio.get_running_loop()
+            pixels = np.zeros((stop - start, *contract.CANONICAL_SHAPE), dtype=np.uint8)
+            mask = np.array([blob is not None for blob in blobs])
+            decoded = await asyncio.gather(*(loop.run_in_executor(self._decoder, self._decode, start + i, blob)
+                                             for i, blob in enumerate(blobs) if blob is not None))
+            pixels[mask] = np.stack(decoded)
+            inputs += [codec.to_input("image", pixels), codec.to_input("image_mask", mask)]
+        return InferRequest(model_name=self.name, infer_inputs=inputs, request_id=request_id,
+                            parameters={**contract.hop_parameters(start), "binary_data_output": True})
 
     def _rest_client(self) -> InferenceRESTClient:
         loop = asyncio.get_running_loop()
@@ -273,15 +232,30 @@ class RakutenTransformer(Model):
             await self._client.close()
             self._client = None
 
-    async def predict(self, payload: _Call, headers: dict[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> _Call:
+    async def check_upstream(self) -> None:
+        """Raise :class:`PredictorUnavailable` unless the predictor answers that model ``name`` is ready."""
         url = self.settings.predictor_url
-        forward = append_forwardable_headers(headers)
-        body, _ = payload.predictor_request.to_rest()
+        timeout = min(READY_TIMEOUT_S, self.settings.predictor_timeout_s)
+        try:
+            ready = await asyncio.wait_for(self._rest_client().is_model_ready(url, self.name, timeout=timeout),
+                                           timeout)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise PredictorUnavailable(self.name, f"the predictor at {url} is not reachable or did not answer its "
+                                                  f"readiness check within {timeout:g} s ({type(exc).__name__})"
+                                       ) from None
+        if not ready:
+            raise PredictorUnavailable(self.name, f"the predictor at {url} is not ready to serve model "
+                                                  f"{self.name!r}")
+
+    async def hop(self, request: InferRequest, headers: dict[str, str] | None) -> InferResponse:
+        """One hop request; transport failures become 503 (unreachable, not ready) or 504 (no answer in time)."""
+        url = self.settings.predictor_url
+        timeout = self.settings.predictor_timeout_s
+        body, _ = request.to_rest()
         HOP_BYTES.labels(self.name).observe(len(body) if isinstance(body, bytes) else 0)
         try:
-            response = await self._rest_client().infer(url, data=payload.predictor_request, model_name=self.name,
-                                                       headers=forward)
+            response = await asyncio.wait_for(self._rest_client().infer(
+                url, data=request, model_name=self.name, headers=append_forwardable_headers(headers)), timeout)
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
             detail = _error_text(exc.response)
@@ -291,48 +265,62 @@ class RakutenTransformer(Model):
                 raise PredictorUnavailable(self.name, f"the predictor at {url} is not ready to serve model "
                                                       f"{self.name!r} (HTTP {status}: {detail})") from None
             raise InferenceError(f"the predictor at {url} failed with HTTP {status}: {detail}") from None
-        except httpx.TimeoutException as exc:
-            raise PredictorUnavailable(self.name, f"the predictor at {url} did not answer within "
-                                                  f"{self.settings.predictor_timeout_s:g} s ({type(exc).__name__})"
-                                       ) from None
-        except httpx.TransportError as exc:
+        except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
+            raise PredictorTimeout(f"the predictor at {url} did not answer within {timeout:g} s "
+                                   f"(--predictor_request_timeout_seconds; {type(exc).__name__})") from None
+        except httpx.TransportError as exc:  # connection refused or reset, DNS, connect timeout
             raise PredictorUnavailable(self.name, f"the predictor at {url} is unreachable ({type(exc).__name__}: "
                                                   f"{exc})") from None
         except InvalidInput as exc:  # KServe's client raises it when the predictor's answer cannot be parsed
             raise InferenceError(f"the predictor at {url} answered an unreadable V2 response: {exc}") from None
         if not isinstance(response, InferResponse):
             raise InferenceError(f"the predictor at {url} answered something that is not a V2 response")
-        payload.response = response
+        return response
+
+    async def predict(self, payload: _Call, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> _Call:
+        """Send the products in chunks of ``hop_products``, one after the other; collect the outputs."""
+        step = self.settings.hop_products
+        rows = len(payload.products)
+        payload.outputs = {name: [] for name in contract.OUTPUTS}
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            with ENCODE_SECONDS.labels(self.name).time():
+                request = await self.hop_request(payload.products, start, stop, payload.request_id)
+            response = await self.hop(request, headers)
+            for name, array in _outputs(response, stop - start).items():
+                payload.outputs[name].append(array)
         return payload
 
-    # ---- predictor response → client response ------------------------------------------------------------------
+    # ---- predictor outputs → client response ---------------------------------------------------------------
 
     async def postprocess(self, result: _Call, headers: dict[str, str] | None = None,
                           response_headers: dict[str, str] | None = None) -> InferResponse | dict[str, Any]:
-        labels = self._pre.labels
-        assert result.response is not None
-        out = result.response.get_output_by_name("probabilities")
-        if out is None:
-            raise InferenceError("the predictor's response has no 'probabilities' output")
-        probs = np.asarray(out.as_numpy(), dtype=np.float32)
-        if probs.shape != (result.rows, len(labels)):
-            raise InferenceError(f"the predictor returned probabilities of shape {list(probs.shape)}, expected "
-                                 f"[{result.rows}, {len(labels)}]: do predictor and transformer load the same bundle?")
-        best = probs.argmax(axis=1)
-        codes = np.asarray(labels.codes, dtype=np.int64)[best]
-        names = [labels.names[i] for i in best]
+        out = {name: np.concatenate(parts) for name, parts in result.outputs.items()}
         if result.request is None:  # V1
-            return {"predictions": [{"prdtypecode": int(c), "category": n, "probability": float(probs[i, best[i]])}
-                                    for i, (c, n) in enumerate(zip(codes, names, strict=True))]}
-        request = result.request
-        category = np.array([n.encode("utf-8") for n in names], dtype=object)
-        return InferResponse(response_id=codec.response_id(request), model_name=self.name,
-                             model_version=codec.MODEL_VERSION,
-                             infer_outputs=[codec.to_output("prdtypecode", codes),
-                                            codec.to_output("category", category),
-                                            codec.to_output("probabilities", probs)],
-                             use_binary_outputs=request.use_binary_outputs,
-                             requested_outputs=request.request_outputs)
+            best = out["probabilities"].max(axis=1)
+            return {"predictions": [{"prdtypecode": int(code), "category": category.decode("utf-8"),
+                                     "probability": float(p)}
+                                    for code, category, p in zip(out["prdtypecode"], out["category"], best,
+                                                                 strict=True)]}
+        return codec.respond(result.request, self.name, out)
+
+
+def _outputs(response: InferResponse, rows: int) -> dict[str, np.ndarray]:
+    """The predictor's outputs for ``rows`` products, checked against the contract."""
+    out: dict[str, np.ndarray] = {}
+    for name, (datatype, shape) in contract.OUTPUTS.items():
+        output = response.get_output_by_name(name)
+        if output is None:
+            raise InferenceError(f"the predictor's response has no {name!r} output")
+        array = np.asarray(output.as_numpy())
+        if array.ndim != len(shape) or array.shape[0] != rows:
+            raise InferenceError(f"the predictor returned {name} of shape {list(array.shape)} for {rows} products; "
+                                 f"the contract says {datatype} {shape}")
+        if datatype == "BYTES":
+            array = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array], dtype=object)
+        out[name] = array.astype(np.float32) if datatype == "FP32" else array
+    return out
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.local import free_port
+from devtools.local_servers import free_port
+from tests.support.paths import REAL_DATA
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rakuten-real"
 BIN = Path(sys.executable).parent
 
 

@@ -1,4 +1,4 @@
-"""Serving fixtures: the tiny bundle, both servers as real processes on free loopback ports, sample payloads."""
+"""Serving fixtures: two tiny bundles, both servers as real processes on free loopback ports, sample payloads."""
 
 from __future__ import annotations
 
@@ -6,20 +6,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving_helpers import image_bytes
+from serving_helpers import (
+    MAX_IMAGE_PIXELS,
+    MAX_PRODUCTS,
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_PIXELS,
+    MAX_TEXT_CHARS,
+    image_bytes,
+)
 
-from serving.local import LocalServers
-
-# Small limits so that the "too large" cases of the bad-input table stay cheap.
-MAX_REQUEST_BYTES = 2_000_000
-MAX_IMAGE_PIXELS = 1_000_000
+from devtools.local_servers import LocalServers
 
 
 @pytest.fixture(scope="session")
 def serving_bundle(tiny_bundle: Path) -> Path:
-    """The session's tiny bundle (synth 200 products, 2+2 epochs, 32 px, random VGG16 base), shared with the
-    core tests so that the bundle is trained once per session."""
+    """Bundle A: the session's tiny bundle (synth 200 products, 2+2 epochs, 32 px, random VGG16 base), shared with
+    the core tests so that it is trained once per session."""
     return tiny_bundle
+
+
+@pytest.fixture(scope="session")
+def other_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bundle B: other data, another seed and another image size (48 px) than bundle A, so its vocabulary, token
+    ids, preset and weights all differ."""
+    from rakuten_mm.config import TrainConfig
+    from rakuten_mm.synth import generate
+    from rakuten_mm.training import train
+
+    data = generate(tmp_path_factory.mktemp("synth-b") / "data", products=200, seed=7, image_size=48).root
+    cfg = TrainConfig(epochs_text=2, epochs_image=2, image_size=48, image_weights="none", batch_size=32, seed=7)
+    return Path(train(str(data), str(tmp_path_factory.mktemp("bundle-b") / "bundle"), cfg).bundle_uri)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +45,10 @@ def servers(serving_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> I
                          predictor_args=["--max-batch-size", "8", "--max-batch-delay-ms", "20",
                                          "--max-request-bytes", str(MAX_REQUEST_BYTES)],
                          transformer_args=["--max-request-bytes", str(MAX_REQUEST_BYTES),
-                                           "--max-image-pixels", str(MAX_IMAGE_PIXELS), "--max-text-chars", "5000"])
+                                           "--max-image-pixels", str(MAX_IMAGE_PIXELS),
+                                           "--max-request-pixels", str(MAX_REQUEST_PIXELS),
+                                           "--max-products", str(MAX_PRODUCTS), "--hop-products", "8",
+                                           "--max-text-chars", str(MAX_TEXT_CHARS)])
     local.start(timeout=180)
     try:
         yield local

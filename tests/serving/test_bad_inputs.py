@@ -1,5 +1,5 @@
-"""The bad-input table: each malformed request gets its status code and a message saying what was allowed and what
-arrived, and the server still answers a good request right afterwards."""
+"""The bad-input table: each malformed request gets its status code and a ``{"error": ...}`` body saying what was
+allowed and what arrived, and the server still answers a good request right afterwards."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from serving_helpers import binary_body, image_bytes, png_bomb, tensor
+from serving_helpers import MAX_PRODUCTS, MAX_TEXT_CHARS, binary_body, hop_body, image_bytes, png_bomb, tensor
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
@@ -32,6 +32,7 @@ class Case:
     headers: dict[str, str] = field(default_factory=dict)
     path: str = INFER
     binary: Callable[[], tuple[bytes, dict[str, str]]] | None = None
+    method: str = "POST"
 
 
 def designation(*values: str) -> dict[str, Any]:
@@ -60,12 +61,23 @@ def _truncated_bytes_prefix() -> tuple[bytes, dict[str, str]]:
 
 
 def _short_binary() -> tuple[bytes, dict[str, str]]:
-    body, headers = binary_body([("token_ids", np.array([[3, 4]], np.int64))])
+    body, headers = hop_body(["Lampe"])
     return body[:-3], headers
 
 
-def _predictor_ids(ids: np.ndarray, **more: np.ndarray) -> Callable[[], tuple[bytes, dict[str, str]]]:
-    return lambda: binary_body([("token_ids", ids), *more.items()])
+def _hop(*args: object, **kwargs: object) -> Callable[[], tuple[bytes, dict[str, str]]]:
+    return lambda: hop_body(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _images(count: int, size: tuple[int, int]) -> Callable[[], tuple[bytes, dict[str, str]]]:
+    return lambda: binary_body([("designation", np.array([b"Lampe"] * count, dtype=object)),
+                                ("image", np.array([image_bytes(size, fmt="PNG")] * count, dtype=object))])
+
+
+CLOUDEVENT = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "test", "ce-type": "predict",
+              "content-type": "application/json"}
+REPOSITORY_OFF = "the model repository API (load/unload) is off on this server; start it with " \
+                 "--enable-model-repository"
 
 
 CASES = [
@@ -95,7 +107,8 @@ CASES = [
          json={"inputs": [designation("a"), designation("b")]}),
     Case("bad base64", "transformer", 400, "image of product 0 is not valid base64",
          json={"inputs": [designation("a"), tensor("image", "BYTES", [1], ["%%%not-base64%%%"])]}),
-    Case("not an image", "transformer", 400, "image of product 0: bytes are not a JPEG or PNG image",
+    Case("not an image", "transformer", 400, "image of product 0: bytes are not an image (JPEG (MPO too), PNG, "
+         "WebP, GIF or BMP)",
          json={"inputs": [designation("a"), tensor("image", "BYTES", [1],
                                                    [base64.b64encode(b"plain text, not pixels").decode()])]}),
     Case("truncated JPEG", "transformer", 400, "image of product 0: image could not be decoded (truncated or corrupt)",
@@ -106,8 +119,23 @@ CASES = [
          "image of product 0: image has 5000x5000 pixels; at most 1000000 allowed", binary=_bomb(5000)),
     Case("over --max-image-pixels", "transformer", 400, "image has 1200x1000 pixels; at most 1000000 allowed",
          binary=_big_image),
-    Case("long text is truncated, not rejected", "transformer", 200, "",
-         json={"inputs": [designation("mot " * 200_000)]}),
+    Case("text over --max-text-chars", "transformer", 400,
+         f"designation of product 0 has {MAX_TEXT_CHARS + 4} characters; allowed at most {MAX_TEXT_CHARS} "
+         "(--max-text-chars)", json={"inputs": [designation("mot " * (MAX_TEXT_CHARS // 4 + 1))]}),
+    Case("text at --max-text-chars", "transformer", 200, "", json={"inputs": [designation("mot " * 1250)]}),
+    Case("products over --max-products", "transformer", 400,
+         f"the request has {MAX_PRODUCTS + 1} products; allowed at most {MAX_PRODUCTS} per request (--max-products)",
+         json={"inputs": [designation(*["Lampe"] * (MAX_PRODUCTS + 1))]}),
+    Case("products at --max-products, sent to the predictor in chunks", "transformer", 200, "",
+         json={"inputs": [designation(*["Lampe"] * MAX_PRODUCTS)]}),
+    Case("pixels over --max-request-pixels", "transformer", 400,
+         "the request's images have 3600000 pixels in all; allowed at most 3000000 per request "
+         "(--max-request-pixels)", binary=_images(4, (1000, 900))),
+    Case("no usable text and no image", "transformer", 400,
+         "the predictor rejected the request: product 1 has no usable text (no word is left in its designation and "
+         "description after cleaning) and no image", json={"inputs": [designation("Lampe", "<p></p>")]}),
+    Case("punctuation only and no image", "transformer", 400, "product 0 has no usable text",
+         json={"inputs": [designation("!!! ???")]}),
     # --- transformer: the request body
     Case("request over --max-request-bytes", "transformer", 400,
          "the request body is too large: allowed at most 2000000 bytes (--max-request-bytes), got 3000",
@@ -145,39 +173,61 @@ CASES = [
          json={"instances": [{"designation": "a", "image": "@@@"}]}),
     Case("V1 without instances", "transformer", 400, 'the V1 request must be {"instances"', path=V1,
          json={"inputs": []}),
+    Case("V1 binary CloudEvent without data", "transformer", 400, "the binary CloudEvent has no data", path=V1,
+         body=b"", headers=CLOUDEVENT),
+    # --- routes: every error body is {"error": ...}
+    Case("unknown route", "transformer", 404, "Not Found: POST /v2/nothing", path="/v2/nothing", json={}),
+    Case("wrong method", "transformer", 405, "Method Not Allowed: GET /v2/models/rakuten/infer", method="GET"),
+    Case("openapi schema is off", "transformer", 404, "Not Found: GET /openapi.json", path="/openapi.json",
+         method="GET"),
+    Case("docs are off", "transformer", 404, "Not Found: GET /docs", path="/docs", method="GET"),
+    Case("unload is off", "transformer", 404, REPOSITORY_OFF, path="/v2/repository/models/rakuten/unload"),
+    Case("load is off", "transformer", 404, REPOSITORY_OFF, path="/v2/repository/models/rakuten/load"),
     Case("unknown model", "transformer", 404, "model 'other' is not served here; allowed: ['rakuten']",
          path="/v2/models/other/infer", json={"inputs": [designation("a")]}),
     Case("unknown version", "transformer", 404, "model 'rakuten' has no version '2'; allowed versions: ['1']",
          path="/v2/models/rakuten/versions/2/infer", json={"inputs": [designation("a")]}),
-    # --- predictor: the tensor contract
-    Case("ids outside the vocabulary", "predictor", 400, "input 'token_ids': ids must lie in [0,",
-         binary=_predictor_ids(np.array([[10**9]], np.int64))),
-    Case("wrong image size", "predictor", 400, "input 'image': shape must be [B, 3, 32, 32] (the bundle's image "
-         "size), got [1, 3, 64, 64]",
-         binary=_predictor_ids(np.array([[3]], np.int64), image=np.zeros((1, 3, 64, 64), np.uint8))),
-    Case("FP32 image", "predictor", 400, "input 'image': datatype must be UINT8, got FP32",
-         binary=_predictor_ids(np.array([[3]], np.int64), image=np.zeros((1, 3, 32, 32), np.float32))),
-    Case("mask without image", "predictor", 400, "no 'image' tensor was sent",
-         binary=_predictor_ids(np.array([[3]], np.int64), image_mask=np.array([True]))),
-    Case("image rows disagree", "predictor", 400, "batch sizes disagree: token_ids has 2 rows, image has 1",
-         binary=_predictor_ids(np.array([[3], [4]], np.int64), image=np.zeros((1, 3, 32, 32), np.uint8))),
+    # --- predictor: the hop contract
+    Case("predictor: no contract version", "predictor", 400,
+         "the request has no parameters.contract_version; this predictor speaks hop contract '2'",
+         binary=_hop(["Lampe"], parameters={})),
+    Case("predictor: other contract version", "predictor", 400,
+         "hop contract mismatch: the request speaks contract_version '1', this predictor speaks '2'",
+         binary=_hop(["Lampe"], parameters={"contract_version": "1"})),
+    Case("predictor: token ids (contract 1)", "predictor", 400, "unknown input 'token_ids'",
+         binary=lambda: binary_body([("token_ids", np.array([[3]], np.int64))], parameters={"contract_version": "2"})),
+    Case("predictor: image not canonical", "predictor", 400, "input 'image': shape must be [B, 3, 256, 256] (the "
+         "canonical transport form), got [1, 3, 32, 32]",
+         binary=_hop(["Lampe"], None, np.zeros((1, 3, 32, 32), np.uint8))),
+    Case("predictor: FP32 image", "predictor", 400, "input 'image': datatype must be UINT8, got FP32",
+         binary=_hop(["Lampe"], None, np.zeros((1, 3, 256, 256), np.float32))),
+    Case("predictor: mask without image", "predictor", 400, "no 'image' tensor was sent",
+         binary=_hop(["Lampe"], None, None, np.array([True]))),
+    Case("predictor: image rows disagree", "predictor", 400, "batch sizes disagree: designation has 2 rows, image "
+         "has 1", binary=_hop(["Lampe", "Table"], None, np.zeros((1, 3, 256, 256), np.uint8))),
+    Case("predictor: no usable text and no image", "predictor", 400, "product 0 has no usable text",
+         binary=_hop(["<br/>"])),
+    Case("predictor: products over its --max-products", "predictor", 400,
+         "the request has 65 products; allowed at most 64 per request (--max-products)", binary=_hop(["a"] * 65)),
     Case("predictor empty batch", "predictor", 400, "the batch is empty",
-         json={"inputs": [tensor("token_ids", "INT64", [0, 1], [])]}),
-    Case("token_ids as floats", "predictor", 400, "INT64 data must hold integers",
-         json={"inputs": [tensor("token_ids", "INT64", [1, 2], [1.5, 2])]}),
+         json={"inputs": [tensor("designation", "BYTES", [0], [])], "parameters": {"contract_version": "2"}}),
     Case("binary body cut short", "predictor", 400,
-         "input 'token_ids': parameters.binary_data_size is 16 but only 13 binary bytes remain", binary=_short_binary),
+         "input 'designation': parameters.binary_data_size is 9 but only 6 binary bytes remain",
+         binary=_short_binary),
     Case("V1 to the predictor", "predictor", 400, "speaks the V2 protocol only", path=V1,
          json={"instances": [[1, 2]]}),
     Case("predictor request too large", "predictor", 400, "the request body is too large",
          body=lambda: b"0" * 2_100_000),
+    Case("predictor: unload is off", "predictor", 404, REPOSITORY_OFF, path="/v2/repository/models/rakuten/unload"),
+    Case("predictor: wrong method", "predictor", 405, "Method Not Allowed: PUT /v2/models/rakuten/infer",
+         method="PUT"),
 ]
 
 
 def good_request(server: str) -> dict[str, Any]:
     if server == "transformer":
         return {"inputs": [designation("Lampe de chevet")]}
-    return {"inputs": [tensor("token_ids", "INT64", [1, 2], [3, 4])]}
+    return {"inputs": [designation("Lampe de chevet")], "parameters": {"contract_version": "2"}}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -191,7 +241,7 @@ def test_bad_input(case: Case, request: pytest.FixtureRequest) -> None:
         content, headers["content-type"] = json.dumps(case.json).encode(), "application/json"
     else:
         content = case.body() if callable(case.body) else (case.body or b"")
-    response = httpx.post(url + case.path, content=content, headers=headers, timeout=60)
+    response = httpx.request(case.method, url + case.path, content=content, headers=headers, timeout=60)
     assert response.status_code == case.status, response.text[:500]
     if case.status != 200:
         assert response.headers["content-type"].startswith("application/json")
@@ -202,7 +252,7 @@ def test_bad_input(case: Case, request: pytest.FixtureRequest) -> None:
 
 
 def test_the_table_is_big_enough() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 60
     assert {c.server for c in CASES} == {"transformer", "predictor"}
     assert len({c.id for c in CASES}) == len(CASES)
 

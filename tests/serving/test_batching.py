@@ -95,15 +95,34 @@ def test_rows_count_not_requests_and_oversized_items_go_alone() -> None:
     batcher.close()
 
 
-def test_a_lone_request_waits_at_most_the_delay() -> None:
-    batcher = MicroBatcher(Recorder(), max_batch_size=8, max_delay_ms=30, rows=lambda _: 1)
+@pytest.mark.parametrize("delay_ms", [30, 150])
+def test_a_lone_request_waits_the_configured_delay_and_no_longer(delay_ms: float) -> None:
+    """A request alone waits for others to join for the configured delay (not 0, not a multiple of it)."""
+    batcher = MicroBatcher(Recorder(), max_batch_size=8, max_delay_ms=delay_ms, rows=lambda _: 1)
 
     async def main() -> float:
         start = time.perf_counter()
         await batcher.submit(1)
         return time.perf_counter() - start
 
-    assert asyncio.run(main()) < 1.0
+    waited = asyncio.run(main())
+    batcher.close()
+    delay = delay_ms / 1000
+    # The slack covers a thread hop on a loaded machine; a delay 3x too long fails at 150 ms.
+    assert 0.8 * delay <= waited < 2 * delay + 0.05, f"waited {waited * 1e3:.0f} ms for a {delay_ms} ms delay"
+
+
+def test_a_full_batch_does_not_wait_for_the_delay() -> None:
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch_size=4, max_delay_ms=2000, rows=lambda _: 1)
+
+    async def main() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+        return time.perf_counter() - start
+
+    assert asyncio.run(main()) < 0.5
+    assert run.calls == [[0, 1, 2, 3]]
     batcher.close()
 
 

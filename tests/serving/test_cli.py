@@ -7,21 +7,27 @@ from pathlib import Path
 
 import pytest
 
-from rakuten_mm.cli import main
-from serving.cli import _import_model_server, build_parser
-from serving.local import free_port
+from devtools.local_servers import free_port
+from rakuten_cli.main import main
+from serving.cli import build_model, build_parser
+from serving.kserve_compat import import_model_server
 
 pytestmark = [pytest.mark.serving, pytest.mark.unit]
 
 
 def test_defaults_differ_from_plain_kserve_where_it_matters() -> None:
-    kserve_parser = _import_model_server().parser
+    kserve_parser = import_model_server().parser
     predictor = build_parser("predictor", kserve_parser).parse_args([])
     assert (predictor.model_name, predictor.enable_grpc, predictor.model_dir) == ("rakuten", False, "/mnt/models")
     assert (predictor.max_batch_size, predictor.max_batch_delay_ms, predictor.workers) == (16, 5.0, 1)
+    assert (predictor.max_products, predictor.max_text_chars, predictor.max_request_bytes) == (64, 50_000, 32 << 20)
+    assert not predictor.enable_model_repository
     transformer = build_parser("transformer", kserve_parser).parse_args(
         ["--predictor_host", "p:80", "--max-image-pixels", "10", "--max_text_chars", "3"])
     assert (transformer.predictor_protocol, transformer.max_image_pixels, transformer.max_text_chars) == ("v2", 10, 3)
+    assert (transformer.model_dir, transformer.predictor_request_timeout_seconds, transformer.enable_grpc) == \
+        (None, 30.0, False)
+    assert (transformer.max_products, transformer.hop_products, transformer.max_request_bytes) == (256, 32, 16 << 20)
     # The project's flags take both spellings; KServe's parser itself is left untouched.
     assert build_parser("predictor", kserve_parser).parse_args(["--max_batch_size", "3"]).max_batch_size == 3
     assert kserve_parser.parse_args([]).model_name == "model"
@@ -35,6 +41,21 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--max-batch-size" in out and "--http_port" in out and "--bind_host" in out
+    # gRPC is not served: no help line may claim otherwise.
+    flat = " ".join(out.split())
+    assert "--grpc_port GRPC_PORT unused: gRPC is not served (HTTP/REST V2 only)" in flat
+    assert "--enable_grpc ENABLE_GRPC must stay false: gRPC is not served" in flat
+    assert "The GRPC Port listened to" not in flat and "Enable gRPC" not in flat
+    assert "--enable-model-repository" in flat and "Trusted networks only" in flat
+
+
+def test_the_transformer_ignores_a_bundle_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    opts = build_parser("transformer", import_model_server().parser).parse_args(
+        ["--predictor_host", "p:80", "--model_dir", "/somewhere/bundle"])
+    with caplog.at_level("WARNING"):
+        model = build_model("transformer", opts)
+    assert "--model_dir /somewhere/bundle is ignored: the transformer needs no bundle" in caplog.text
+    assert model.load() and model.ready
 
 
 @pytest.fixture
@@ -54,8 +75,16 @@ def port() -> int:
     (["serve", "transformer", "--predictor_host", "p:80", "--predictor_protocol", "v1"],
      "allowed --predictor_protocol v2, got v1"),
     (["serve", "transformer", "--predictor_host", "http://p:80/x"], "--predictor_host must be HOST:PORT"),
-    (["serve", "transformer", "--predictor_host", "p:80", "--max-image-pixels", "0"], "must be positive"),
-    (["serve", "predictor", "--enable_grpc", "true", "--grpc_port", "{port}"], "--grpc_port must differ"),
+    (["serve", "transformer", "--predictor_host", "p:80", "--max-image-pixels", "0"],
+     "--max-image-pixels must be positive, got 0"),
+    (["serve", "predictor", "--enable_grpc", "true"], "--enable_grpc true is not supported: gRPC is not served "
+     "(HTTP/REST V2 only); allowed: --enable_grpc false"),
+    (["serve", "transformer", "--predictor_host", "p:80", "--enable_grpc", "true"], "gRPC is not served"),
+    (["serve", "transformer", "--predictor_host", "p:80", "--hop-products", "50", "--max-products", "10"],
+     "--hop-products (50) must not exceed --max-products (10)"),
+    (["serve", "transformer", "--predictor_host", "p:80", "--max-request-pixels", "0"],
+     "--max-request-pixels must be positive, got 0"),
+    (["serve", "predictor", "--max-products", "0"], "--max-products must be positive, got 0"),
 ])
 def test_configuration_errors_exit_with_one_line(argv: list[str], message: str, port: int,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

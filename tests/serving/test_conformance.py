@@ -1,5 +1,5 @@
-"""Open Inference Protocol conformance: schemathesis generates requests from the OIP REST schema
-(``../shared/schemas/open-inference-protocol/open_inference_rest.yaml``) against both live servers.
+"""Open Inference Protocol conformance: schemathesis generates requests from the OIP REST schema vendored in the
+repository (``schemas/open-inference-protocol/open_inference_rest.yaml``) against both live servers.
 
 Each generated case is sent twice: as generated (random model names and versions: 404s) and with the path pinned to
 the served model (``rakuten``, version ``1``), so the random bodies reach the infer code. Checks: no 5xx ever, and
@@ -15,8 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration, pytest.mark.slow]
 
-SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "open-inference-protocol" / \
-    "open_inference_rest.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "open-inference-protocol" / "open_inference_rest.yaml"
 EXAMPLES_PER_OPERATION = 20
 
 

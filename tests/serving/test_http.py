@@ -1,12 +1,16 @@
 """Both servers as real processes on loopback, called through tritonclient.http, kserve.InferenceRESTClient and raw
-HTTP (binary and JSON tensors, V1, gzip), plus health, metadata, metrics, micro-batching and the 503 path."""
+HTTP (binary and JSON tensors, V1, gzip), plus health, metadata, metrics, micro-batching, readiness that follows the
+predictor, the 503/504 paths (unreachable, SIGSTOPped predictor) and the model repository switch."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import gzip
+import os
 import re
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,11 +20,12 @@ import pytest
 import tritonclient.http as triton
 from kserve import InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
-from serving_helpers import binary_body, tensor
+from serving_helpers import binary_body, hop_inputs, tensor
 
-from rakuten_mm.bundle import Classifier, load_bundle
+from devtools.local_servers import LocalServers, ServerProcess, free_port
+from rakuten_mm.image import canonical_images
+from rakuten_mm.model import Classifier, load_bundle
 from serving import codec
-from serving.local import LocalServers, ServerProcess, free_port
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
@@ -45,9 +50,8 @@ PRODUCTS = [("Console de jeux portable", "", True), ("Livre de cuisine", "<p>Rec
 
 
 def expected(classifier: Classifier, jpeg: bytes) -> np.ndarray:
-    ids = classifier.pre.encode_text([p[0] for p in PRODUCTS], [p[1] for p in PRODUCTS])
-    images, mask = classifier.pre.encode_images([jpeg if p[2] else None for p in PRODUCTS])
-    return classifier.predict_tensors(ids, images, mask)
+    images, mask = canonical_images([jpeg if p[2] else None for p in PRODUCTS])
+    return classifier.predict_raw([p[0] for p in PRODUCTS], [p[1] for p in PRODUCTS], images, mask)
 
 
 # ---- health and metadata ------------------------------------------------------------------------------------------
@@ -65,8 +69,9 @@ def test_health_metadata_and_readiness(which: str, request: pytest.FixtureReques
     assert model["name"] == "rakuten" and model["versions"] == ["1"]
     assert httpx.get(url + "/v2/models/rakuten/versions/1").json() == model
     names = {t["name"] for t in model["inputs"]}
-    assert names == ({"token_ids", "image", "image_mask"} if which == "predictor_url"
+    assert names == ({"designation", "description", "image", "image_mask"} if which == "predictor_url"
                      else {"designation", "description", "image"})
+    assert [o["name"] for o in model["outputs"]] == ["prdtypecode", "category", "probabilities"]
 
 
 def test_triton_client_health(transformer_url: str) -> None:
@@ -111,18 +116,19 @@ def test_tritonclient_gzip_request(transformer_url: str) -> None:
 
 
 def test_tritonclient_straight_to_the_predictor(predictor_url: str, classifier: Classifier, jpeg: bytes) -> None:
-    ids = classifier.pre.encode_text(["lampe de bureau", "jeu de cartes"])
-    images, mask = classifier.pre.encode_images([jpeg, None])
+    """The hop contract is usable by any V2 client: raw text, canonical uint8 images, the contract version."""
+    texts = ["lampe de bureau", "jeu de cartes"]
+    images, mask = canonical_images([jpeg, None])
     inputs = []
-    for name, array, datatype in (("token_ids", ids, "INT64"), ("image", images, "UINT8"),
-                                  ("image_mask", mask, "BOOL")):
-        inp = triton.InferInput(name, list(array.shape), datatype)
-        inp.set_data_from_numpy(array, binary_data=True)
-        inputs.append(inp)
+    for inp in hop_inputs(texts, None, images, mask):
+        array = codec.to_numpy(inp)
+        triton_input = triton.InferInput(inp.name, list(array.shape), inp.datatype)
+        triton_input.set_data_from_numpy(array, binary_data=True)
+        inputs.append(triton_input)
     client = triton.InferenceServerClient(address(predictor_url))
-    result = client.infer("rakuten", inputs)
+    result = client.infer("rakuten", inputs, parameters={"contract_version": "2"})
     client.close()
-    np.testing.assert_allclose(result.as_numpy("probabilities"), classifier.predict_tensors(ids, images, mask),
+    np.testing.assert_allclose(result.as_numpy("probabilities"), classifier.predict_raw(texts, None, images, mask),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -243,15 +249,15 @@ def test_unknown_model_and_version_are_404(which: str, request: pytest.FixtureRe
 
 
 @pytest.fixture(scope="module")
-def orphan_transformer(serving_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+def orphan_transformer(tmp_path_factory: pytest.TempPathFactory) -> object:
     """A transformer whose predictor address has nothing listening."""
     dead = free_port()
-    server = ServerProcess("transformer", free_port(), ["--model_dir", str(serving_bundle), "--predictor_host",
-                                                        f"127.0.0.1:{dead}", "--predictor_request_timeout_seconds",
-                                                        "5"], tmp_path_factory.mktemp("orphan") / "t.log")
+    server = ServerProcess("transformer", free_port(), ["--predictor_host", f"127.0.0.1:{dead}",
+                                                        "--predictor_request_timeout_seconds", "5"],
+                           tmp_path_factory.mktemp("orphan") / "t.log")
     server.start()
     try:
-        server.wait_ready(180)
+        server.wait_ready(180, path="/v2/health/live")
         yield server
     finally:
         server.stop()
@@ -259,17 +265,101 @@ def orphan_transformer(serving_bundle: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.mark.slow
 def test_transformer_answers_503_when_the_predictor_is_unreachable(orphan_transformer: ServerProcess) -> None:
+    url = orphan_transformer.url
     body = {"inputs": [tensor("designation", "BYTES", [1], ["Lampe"])]}
     for _ in range(2):  # and it stays up
-        r = httpx.post(f"{orphan_transformer.url}/v2/models/rakuten/infer", json=body, timeout=30)
+        r = httpx.post(f"{url}/v2/models/rakuten/infer", json=body, timeout=30)
         assert r.status_code == 503
         assert "the predictor at http://127.0.0.1:" in r.json()["error"] and "is unreachable" in r.json()["error"]
-    r = httpx.post(f"{orphan_transformer.url}/v1/models/rakuten:predict", json={"instances": [{"designation": "a"}]})
+    r = httpx.post(f"{url}/v1/models/rakuten:predict", json={"instances": [{"designation": "a"}]})
     assert r.status_code == 503
     # A client error is still a 400, before any predictor call.
-    r = httpx.post(f"{orphan_transformer.url}/v2/models/rakuten/infer", json={"inputs": []})
+    r = httpx.post(f"{url}/v2/models/rakuten/infer", json={"inputs": []})
     assert r.status_code == 400
-    assert httpx.get(f"{orphan_transformer.url}/v2/health/live").status_code == 200
+    # Readiness follows the predictor (503, never 200 and never 500); liveness does not.
+    assert httpx.get(f"{url}/v2/health/live").status_code == 200
+    for path in ("/v2/health/ready", "/v2/models/rakuten/ready", "/v2/models/rakuten/versions/1/ready",
+                 "/v1/models/rakuten"):
+        r = httpx.get(url + path, timeout=30)
+        assert r.status_code == 503, (path, r.text)
+        assert "the predictor at http://127.0.0.1:" in r.json()["error"], r.text
+    # Metadata needs no predictor (nor bundle).
+    assert httpx.get(f"{url}/v2/models/rakuten").json()["inputs"][0]["name"] == "designation"
+
+
+def test_readiness_of_a_transformer_started_before_its_predictor(serving_bundle: Path, tmp_path: Path) -> None:
+    """Started first, the transformer is live but not ready; it becomes ready when its predictor does."""
+    pred_port = free_port()
+    transformer = ServerProcess("transformer", free_port(), ["--predictor_host", f"127.0.0.1:{pred_port}"],
+                                tmp_path / "t.log").start()
+    predictor = ServerProcess("predictor", pred_port, ["--model_dir", str(serving_bundle)], tmp_path / "p.log")
+    try:
+        transformer.wait_ready(120, path="/v2/health/live")
+        assert httpx.get(f"{transformer.url}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{transformer.url}/v2/models/rakuten/ready").status_code == 503
+        predictor.start().wait_ready(180)
+        transformer.wait_ready(30)
+        assert httpx.get(f"{transformer.url}/v2/health/ready").status_code == 200
+    finally:
+        transformer.stop()
+        predictor.stop()
+
+
+@pytest.mark.slow
+def test_a_wedged_predictor_gives_504_within_the_hop_timeout(servers: LocalServers, tmp_path: Path) -> None:
+    """SIGSTOP the predictor: infer answers 504 and readiness 503, each within the timeout; SIGCONT recovers."""
+    assert servers.predictor is not None
+    transformer = ServerProcess("transformer", free_port(), ["--predictor_host", servers.predictor.address,
+                                                             "--predictor_request_timeout_seconds", "2"],
+                                tmp_path / "t.log").start()
+    try:
+        transformer.wait_ready(120)
+        body = {"inputs": [tensor("designation", "BYTES", [1], ["Lampe"])]}
+        os.kill(servers.predictor.pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            r = httpx.post(f"{transformer.url}/v2/models/rakuten/infer", json=body, timeout=30)
+            took = time.monotonic() - start
+            assert r.status_code == 504, r.text
+            assert "did not answer within 2 s (--predictor_request_timeout_seconds" in r.json()["error"]
+            assert took < 5, took
+            start = time.monotonic()
+            r = httpx.get(f"{transformer.url}/v2/health/ready", timeout=30)
+            assert r.status_code == 503 and time.monotonic() - start < 5, r.text
+        finally:
+            os.kill(servers.predictor.pid, signal.SIGCONT)
+        transformer.wait_ready(30)
+        assert httpx.post(f"{transformer.url}/v2/models/rakuten/infer", json=body, timeout=30).status_code == 200
+    finally:
+        transformer.stop()
+
+
+@pytest.mark.slow
+def test_model_repository_routes_only_with_the_flag(serving_bundle: Path, tmp_path: Path) -> None:
+    """With --enable-model-repository, unload works (trusted networks only) and readiness then says 503."""
+    predictor = ServerProcess("predictor", free_port(), ["--model_dir", str(serving_bundle),
+                                                         "--enable-model-repository"], tmp_path / "p.log").start()
+    try:
+        predictor.wait_ready(180)
+        r = httpx.post(f"{predictor.url}/v2/repository/models/rakuten/unload")
+        assert r.status_code == 200, r.text
+        for path in ("/v2/health/ready", "/v2/models/rakuten/ready"):
+            r = httpx.get(predictor.url + path)
+            assert r.status_code in (404, 503) and "error" in r.json(), (path, r.text)
+        assert httpx.get(f"{predictor.url}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{predictor.url}/v2/health/live").status_code == 200
+    finally:
+        predictor.stop()
+
+
+def test_an_empty_cloudevent_does_not_break_the_connection(transformer_url: str) -> None:
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "t", "ce-type": "predict",
+               "content-type": "application/json"}
+    with httpx.Client(base_url=transformer_url, timeout=30) as client:  # one keep-alive connection
+        r = client.post("/v1/models/rakuten:predict", content=b"", headers=headers)
+        assert r.status_code == 400 and "the binary CloudEvent has no data" in r.json()["error"]
+        ok = client.post("/v1/models/rakuten:predict", json={"instances": [{"designation": "Lampe"}]})
+        assert ok.status_code == 200, ok.text
 
 
 def test_servers_are_bound_to_loopback_only(servers: LocalServers) -> None:

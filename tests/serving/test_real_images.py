@@ -1,5 +1,6 @@
 """Real Rakuten products (text + original 500×500 JPEGs from ../shared/data/rakuten-real) through the whole path:
-client → transformer → predictor, compared with the core library on the same rows."""
+client → transformer → predictor, compared with in-process batch prediction (``rakuten_mm.inference.predict_rows``:
+image files → the canonical form → the same Classifier) on the same rows: they agree within 1e-5."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pandas as pd
 import pytest
 import tritonclient.http as triton
 
-from rakuten_mm.bundle import load_bundle
+from rakuten_mm.inference import predict_rows
+from rakuten_mm.model import load_bundle
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
@@ -37,9 +39,10 @@ def test_real_products_through_the_servers(real_data: Path, transformer_url: str
     finally:
         client.close()
     model = load_bundle(serving_bundle)
-    ids = model.pre.encode_text([d.decode() for d in designations], [d.decode() for d in descriptions])
-    pixels, mask = model.pre.encode_images(images)
-    assert mask.all()
-    np.testing.assert_allclose(result.as_numpy("probabilities"), model.predict_tensors(ids, pixels, mask),
-                               rtol=1e-5, atol=1e-6)
-    assert set(result.as_numpy("prdtypecode").tolist()) <= set(model.labels.codes)
+    table = pd.DataFrame({"designation": [str(r.designation) for r, _ in rows],
+                          "description": [str(r.description) for r, _ in rows],
+                          "image": [str(p.relative_to(real_data)) for _, p in rows]})
+    expected, _, present = predict_rows(model, table, real_data)
+    assert present["image"].all()
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=1e-5, atol=1e-5)
+    assert result.as_numpy("prdtypecode").tolist() == [model.labels.codes[i] for i in expected.argmax(1)]

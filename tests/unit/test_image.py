@@ -6,7 +6,16 @@ import torch
 from PIL import Image
 
 from rakuten_mm.errors import ConfigError, ImageWeightsUnavailable, InputError
-from rakuten_mm.image import FEATURE_DIM, ImageHead, ImagePreset, build_backbone, decode_image
+from rakuten_mm.image import (
+    CANONICAL_SIZE,
+    ImagePreset,
+    canonical_images,
+    declared_pixels,
+    decode_image,
+    load_image_file,
+    to_canonical,
+)
+from rakuten_mm.vgg import FEATURE_DIM, ImageHead, build_backbone
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +50,7 @@ def test_normalize_matches_torchvision_normalize():
 
 @pytest.mark.parametrize(("data", "message"), [
     (b"", "image is empty"),
-    (b"hello world, not an image", "not a JPEG or PNG"),
+    (b"hello world, not an image", r"bytes are not an image \(JPEG \(MPO too\), PNG, WebP, GIF or BMP\)"),
     (_jpeg()[:200], "truncated or corrupt"),
 ])
 def test_bad_bytes_are_input_errors(data, message):
@@ -54,9 +63,90 @@ def test_pixel_limit_guards_against_decompression_bombs():
         decode_image(_jpeg((20, 20)), max_pixels=100)
 
 
-def test_preset_rejects_out_of_range_size():
-    with pytest.raises(ConfigError, match="between 32 and 1024"):
-        ImagePreset(size=8)
+@pytest.mark.parametrize("size", [8, 31, 257, 1024])
+def test_preset_rejects_out_of_range_size(size):
+    with pytest.raises(ConfigError, match="between 32 and 256 pixels"):
+        ImagePreset(size=size)
+
+
+# ---- the canonical transport form -------------------------------------------------------------------------------
+
+def _encode(image: Image.Image, fmt: str, **save: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def test_canonical_form_is_uint8_3x256x256_and_the_preset_resizes_it():
+    canonical = to_canonical(decode_image(_jpeg((500, 300))))
+    assert CANONICAL_SIZE == 256
+    assert canonical.dtype == np.uint8 and canonical.shape == (3, 256, 256) and canonical.flags.c_contiguous
+    resized = ImagePreset(size=64).resize(canonical[None])
+    assert resized.dtype == torch.uint8 and tuple(resized.shape) == (1, 3, 64, 64)
+    assert ImagePreset(size=256).resize(canonical[None]).numpy().tobytes() == canonical.tobytes()  # no-op at 256
+
+
+def test_preset_resize_is_the_same_per_image_whatever_the_batch():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (5, 3, 256, 256), dtype=np.uint8)
+    preset = ImagePreset(size=224)
+    together = preset.resize(batch)
+    for i in range(5):
+        assert torch.equal(together[i], preset.resize(batch[i:i + 1])[0])
+
+
+def test_files_and_bytes_take_the_same_steps(tmp_path):
+    data = _jpeg((500, 500), (30, 160, 90))
+    (tmp_path / "a.jpg").write_bytes(data)
+    preset = ImagePreset(size=32)
+    canonical, mask = canonical_images([data, None])
+    assert mask.tolist() == [True, False] and canonical[1].max() == 0
+    np.testing.assert_array_equal(load_image_file(tmp_path / "a.jpg", preset), preset.resize(canonical[:1])[0].numpy())
+
+
+def test_mpo_is_read_as_jpeg_first_frame():
+    first, second = Image.new("RGB", (64, 48), (250, 10, 10)), Image.new("RGB", (64, 48), (10, 10, 250))
+    data = _encode(first, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    out = to_canonical(decode_image(data))
+    assert out[0].mean() > 200 and out[2].mean() < 50  # red: the first frame
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (80, 40), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 40, 40))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    upright = decode_image(_encode(image, "JPEG", exif=exif, quality=95))
+    assert upright.size == (40, 80)
+    pixels = np.asarray(upright)
+    assert pixels[:30].mean() > 200 and pixels[-30:].mean() < 50  # the white half is now on top
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
+    image = decode_image(_encode(Image.fromarray(ramp), "PNG"))
+    grey = np.asarray(image)[..., 0].astype(int)
+    assert image.mode == "RGB" and grey.min() == 0 and grey.max() == 255
+    np.testing.assert_allclose(grey, ramp / 257, atol=0.51)  # a clip would make most of the ramp 255
+
+
+@pytest.mark.parametrize(("size", "decoded"), [((4000, 3000), (500, 375)), ((2100, 1100), (525, 275)),
+                                               ((600, 600), (300, 300)), ((500, 500), (500, 500))])
+def test_large_jpegs_decode_at_a_reduced_scale_that_still_covers_the_canonical_size(size, decoded):
+    assert decode_image(_jpeg(size)).size == decoded
+
+
+def test_declared_pixels_reads_the_header_only():
+    assert declared_pixels(_jpeg((40, 30))) == 1200
+    with pytest.raises(InputError, match="image has 40x30 pixels; at most 1000 allowed"):
+        declared_pixels(_jpeg((40, 30)), max_pixels=1000)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "ICO"])
+def test_other_formats_are_refused_naming_the_allowed_ones(fmt):
+    with pytest.raises(InputError, match=f"image format must be JPEG \\(MPO too\\), PNG, WebP, GIF or BMP, got {fmt}"):
+        decode_image(_jpeg((16, 16), fmt=fmt))
 
 
 def test_imagenet_weights_unavailable_names_the_alternatives(monkeypatch, tmp_path):

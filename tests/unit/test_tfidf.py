@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rakuten_mm.bundle import load_bundle
+from rakuten_mm.model import load_bundle
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.data import load_labelled
 from rakuten_mm.errors import ConfigError

@@ -1,7 +1,8 @@
-"""Start the predictor and the transformer as local processes on loopback ports (demo, benchmark, tests).
+"""Start the predictor and the transformer as local processes on loopback ports (demo, benchmarks, tests).
 
-Each server is ``python -m rakuten_mm.cli serve ...`` bound to 127.0.0.1 on a free port, logging to a file; they are
-stopped by PID (SIGTERM, then SIGKILL after a grace period). Nothing here runs at import time.
+Development tooling, not part of the serving image. Each server is ``python -m rakuten_cli serve ...`` bound to
+127.0.0.1 on a free port, logging to a file; they are stopped by PID (SIGTERM, then SIGKILL after a grace period).
+Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = dict(os.environ)
-        # The editable install may predate serving/: make it importable from the checkout.
+        # The editable install may predate some packages: make them importable from the checkout.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        cmd = [sys.executable, "-m", "rakuten_mm.cli", "serve", self.role, "--http_port", str(self.port),
+        cmd = [sys.executable, "-m", "rakuten_cli", "serve", self.role, "--http_port", str(self.port),
                "--bind_host", HOST, "--model_name", self.model_name, *self.args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
@@ -66,9 +67,10 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, path: str | None = None) -> None:
+        """Poll ``path`` (default: the model's readiness; ``/v2/health/live`` for "listening") until it is 200."""
         deadline = time.monotonic() + timeout
-        url = f"{self.url}/v2/models/{self.model_name}/ready"
+        url = self.url + (path or f"/v2/models/{self.model_name}/ready")
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"the {self.role} exited with code {self.process.returncode}:\n{self.log_tail()}")
@@ -78,7 +80,7 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"the {self.role} was not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        raise TimeoutError(f"the {self.role} did not answer 200 on {url} after {timeout:.0f} s:\n{self.log_tail()}")
 
     def terminate(self) -> None:
         """Send SIGTERM (the server shuts down gracefully); :meth:`stop` waits for it."""
@@ -100,7 +102,7 @@ class ServerProcess:
 
 @dataclass
 class LocalServers:
-    """Predictor + transformer for one bundle; use as a context manager."""
+    """Predictor + transformer for one bundle (the transformer needs none); use as a context manager."""
 
     bundle: str | Path
     predictor_args: list[str] = field(default_factory=list)
@@ -120,8 +122,8 @@ class LocalServers:
                                        ["--model_dir", str(self.bundle), *self.predictor_args],
                                        log_dir / "predictor.log", self.model_name)
         self.transformer = ServerProcess("transformer", trans_port,
-                                         ["--model_dir", str(self.bundle), "--predictor_host", f"{HOST}:{pred_port}",
-                                          *self.transformer_args], log_dir / "transformer.log", self.model_name)
+                                         ["--predictor_host", f"{HOST}:{pred_port}", *self.transformer_args],
+                                         log_dir / "transformer.log", self.model_name)
         try:
             self.predictor.start()
             self.transformer.start()

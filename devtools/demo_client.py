@@ -1,11 +1,12 @@
 """Send sample products to the transformer with ``tritonclient.http`` and print code, category and probability.
 
-    python -m serving.demo_client --url 127.0.0.1:8085 --data DATA -n 5   # servers already running
-    python -m serving.demo_client --bundle BUNDLE --data DATA -n 5        # start both, send, stop them
+    python -m devtools.demo_client --url 127.0.0.1:8085 --data DATA -n 5   # servers already running
+    python -m devtools.demo_client --bundle BUNDLE --data DATA -n 5        # start both, send, stop them
 
 Products come from DATA's test split (``X_test_update.csv`` + ``images/image_test``; the flat ``X_test.csv`` +
 ``images_test`` layout works too), or from a few built-in titles without images when no ``--data`` is given.
-Images travel as raw bytes with the binary tensor extension.
+Images travel as raw bytes with the binary tensor extension. An unreachable or failing server is one ``error:``
+line on stderr and exit code 1. Development tooling: the serving image does not ship it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
 BUILTIN = [("Console Nintendo Switch Lite turquoise", ""),
            ("Le Petit Prince - Antoine de Saint-Exupéry", "Roman illustré, édition de poche"),
@@ -77,7 +79,7 @@ def classify(url: str, samples: Sequence[Sample], model: str = "rakuten") -> lis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.demo_client", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo_client", description=__doc__.split("\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="HOST:PORT of a running transformer")
     where.add_argument("--bundle", help="start predictor + transformer for this bundle on free loopback ports")
@@ -86,22 +88,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="rakuten")
     args = parser.parse_args(argv)
     samples = load_samples(args.data, args.count)
-    if args.url:
-        results = classify(args.url, samples, args.model)
-    else:
-        from serving.local import LocalServers
-
-        with LocalServers(args.bundle, model_name=args.model) as servers:
-            assert servers.transformer is not None
-            print(f"predictor {servers.predictor.url if servers.predictor else ''}, "
-                  f"transformer {servers.transformer.url} (pids {servers.predictor.pid if servers.predictor else ''},"
-                  f" {servers.transformer.pid})")
-            results = classify(servers.transformer.address, samples, args.model)
+    try:
+        results = _run(args, samples)
+    except (OSError, InferenceServerException, RuntimeError, TimeoutError) as exc:
+        print(f"error: cannot classify through {args.url or 'the local servers'}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     print(f"{'designation':<48} {'image':>5} {'code':>5}  {'category':<20} {'probability':>11}")
     for sample, (code, category, prob) in zip(samples, results, strict=True):
         title = sample.designation if len(sample.designation) <= 47 else sample.designation[:44] + "..."
         print(f"{title:<48} {'yes' if sample.image else 'no':>5} {code:>5}  {category:<20} {prob:>11.3f}")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _run(args: argparse.Namespace, samples: list[Sample]) -> list[tuple[int, str, float]]:
+    if args.url:
+        return classify(args.url, samples, args.model)
+    from devtools.local_servers import LocalServers
+
+    with LocalServers(args.bundle, model_name=args.model) as servers:
+        assert servers.transformer is not None and servers.predictor is not None
+        print(f"predictor {servers.predictor.url}, transformer {servers.transformer.url} "
+              f"(pids {servers.predictor.pid}, {servers.transformer.pid})")
+        return classify(servers.transformer.address, samples, args.model)
 
 
 if __name__ == "__main__":

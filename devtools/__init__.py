@@ -1,0 +1,1 @@
+"""Development and demo tooling (local servers, demo client): not part of the serving image."""
