@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from common import machine
 
-from rakuten_mm.model import load_bundle
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.data import DataOptions, load_labelled
 from rakuten_mm.inference import evaluate_rows
+from rakuten_mm.model import load_bundle
 from rakuten_mm.synth import generate
 from rakuten_mm.training import preprocess, train, train_image
 

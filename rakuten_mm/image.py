@@ -15,8 +15,7 @@ The serving transformer runs steps 1–2 and needs neither a bundle nor torch; t
 batch prediction run 1–4 through :func:`load_image_file`, so a product's pixels are the same on every path.
 
 Importing this module imports neither torch nor torchvision (the transformer runs without them). The VGG16
-member (backbone, head, feature extraction) lives in :mod:`rakuten_mm.vgg`; its names are still importable from
-here for older callers (resolved lazily, see ``__getattr__`` at the end).
+member (backbone, head, feature extraction) lives in :mod:`rakuten_mm.vgg`.
 """
 
 from __future__ import annotations
@@ -196,14 +195,3 @@ def load_uint8_images(paths: Sequence[Path], preset: ImagePreset) -> torch.Tenso
     return torch.from_numpy(np.stack([load_image_file(p, preset) for p in tqdm(paths, desc="images", disable=None)]))
 
 
-# The VGG16 member moved to rakuten_mm.vgg (it needs torch); these names still resolve from here, lazily.
-_MOVED = ("BACKBONE", "FEATURE_DIM", "ImageHead", "autocast", "backbone_features", "backbone_from_state",
-          "build_backbone", "extract_features")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from rakuten_mm import vgg
-
-        return getattr(vgg, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

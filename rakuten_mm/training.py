@@ -24,19 +24,12 @@ from rakuten_mm.ensemble import combine, fit_weights
 from rakuten_mm.errors import DataValidationError
 from rakuten_mm.evaluation import confusion, score
 from rakuten_mm.fitting import EpochCallback, fit, predict_proba
-from rakuten_mm.image import (
-    BACKBONE,
-    ImageHead,
-    ImagePreset,
-    backbone_features,
-    build_backbone,
-    extract_features,
-    load_uint8_images,
-)
+from rakuten_mm.image import ImagePreset, load_uint8_images
 from rakuten_mm.labels import LabelMap
 from rakuten_mm.members import IMAGE, TEXT, TFIDF
 from rakuten_mm.text import CleaningSettings, TextClassifier, TextModelConfig, Vocabulary, clean_text, text_present
 from rakuten_mm.tfidf import TfidfMember
+from rakuten_mm.vgg import BACKBONE, ImageHead, backbone_features, build_backbone, extract_features
 
 PREPARED = "dataset.json"
 ROWS = "rows.csv"

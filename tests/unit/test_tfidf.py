@@ -3,11 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rakuten_mm.model import load_bundle
 from rakuten_mm.config import TrainConfig
 from rakuten_mm.data import load_labelled
 from rakuten_mm.errors import ConfigError
 from rakuten_mm.inference import predict_rows
+from rakuten_mm.model import load_bundle
 from rakuten_mm.tfidf import TfidfMember, ngrams
 
 pytestmark = pytest.mark.unit
