@@ -66,6 +66,11 @@ def main(argv: Sequence[str]) -> int:
     command, rest = argv[0], argv[1:]
     args = build_parser(command).parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # The Kubernetes client's HTTP retries log a warning per attempt (and the client resets urllib3's level when it
+    # is configured); an unreachable API server is reported once, as the command's own error line.
+    urllib3_log = logging.getLogger("urllib3")
+    urllib3_log.addHandler(logging.NullHandler())
+    urllib3_log.propagate = False
 
     # Bad values first: a typo must not be reported as missing credentials.
     check_arguments(args.name, args.namespace, args.timeout, args.poll,
