@@ -324,19 +324,11 @@ def check_config(config: Any, where: str = CONFIG) -> None:
         if config["text"]["model"]["num_classes"] != len(labels):
             raise BundleError(f"{where}: the text model has {config['text']['model']['num_classes']} classes but "
                               f"the label map {len(labels)}")
-    if IMAGE in names and (backbone := config["image"].get("backbone")) not in (allowed := _backbones()):
-        raise BundleError(f"{where}: image backbone {backbone!r} is not supported; allowed: {', '.join(allowed)}")
+    if IMAGE in names:
+        from rakuten_mm.vgg import BACKBONE  # the one image backbone a bundle can hold today
 
-
-def _backbones() -> tuple[str, ...]:
-    """Backbone names a bundle may name: the registry's when there is one, else VGG16 alone."""
-    try:
-        from rakuten_mm.backbones import BACKBONES
-    except ImportError:
-        from rakuten_mm.vgg import BACKBONE
-
-        return (BACKBONE,)
-    return tuple(BACKBONES)
+        if (backbone := config["image"].get("backbone")) != BACKBONE:
+            raise BundleError(f"{where}: image backbone {backbone!r} is not supported; allowed: {BACKBONE}")
 
 
 def check_contents(root: Path, config: Any, names: set[str]) -> None:
@@ -377,8 +369,7 @@ def check_contents(root: Path, config: Any, names: set[str]) -> None:
 def _modules(config: dict[str, Any], num_classes: int, names: set[str]) -> dict[str, Any]:
     """Bundle file → the module its ``state_dict`` must fit, built on the meta device (shapes only, no memory).
 
-    A backbone other than VGG16 (see :mod:`rakuten_mm.backbones`) gets the generic checks only (a state_dict of
-    finite tensors) until its module describes its stored state here."""
+    A new backbone must describe its stored state here before bundles may name it."""
     import torch
     from torchvision import models
 
