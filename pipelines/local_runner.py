@@ -21,6 +21,7 @@ so ``rakuten`` prints it as one line; any other failure raises :class:`PipelineF
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import json
@@ -197,6 +198,9 @@ def _execute(pipeline: Any, arguments: dict[str, Any], step_runner: Any, root: P
     from kfp import local
 
     tee = _Tee(None if quiet else sys.stdout)
+    # kfp.local indents step logs by swapping builtins.print for the duration of a step; dsl.ParallelFor runs steps
+    # in threads, so those swaps interleave and the last restore can leave an indenting print installed for good.
+    original_print = builtins.print
     try:
         with _environ(TMPDIR=str(scratch), MLFLOW_DISABLE_TELEMETRY="true"), contextlib.redirect_stdout(tee), \
                 warnings.catch_warnings():
@@ -213,6 +217,7 @@ def _execute(pipeline: Any, arguments: dict[str, Any], step_runner: Any, root: P
         if finish is not None:
             finish()
     finally:
+        builtins.print = original_print
         shutil.rmtree(scratch, ignore_errors=True)
     return task
 

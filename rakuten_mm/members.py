@@ -49,5 +49,5 @@ def parse(members: str | Iterable[str]) -> tuple[str, ...]:
         raise ConfigError(f"members must be distinct names from {tuple(REGISTRY)}, got {names}")
     for name in names:
         if missing := [r for r in REGISTRY[name].requires if r not in names]:
-            raise ConfigError(f"member {name} needs {', '.join(missing)}: add it to --members")
+            raise ConfigError(f"member {name} needs {', '.join(missing)}: add {', '.join(missing)} to --members")
     return tuple(names)

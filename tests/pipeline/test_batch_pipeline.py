@@ -4,6 +4,7 @@ same bytes; a failed shard leaves the output URI as it was."""
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,13 @@ def test_local_run_gives_the_rows_of_rakuten_predict(champion_run: Run, synth_da
 @pytest.mark.slow
 def test_a_rerun_from_the_bundle_uri_writes_the_same_bytes(champion_run: Run, synth_data: Path,
                                                            tiny_bundle: Path) -> None:
+    print_before = builtins.print
     before = Path(champion_run.out).read_bytes()
     with state_dir(champion_run.state):
         result = local_runner.predict_local(str(synth_data), str(tiny_bundle), champion_run.out, shards=3,
                                             quiet=True)
+    # kfp.local swaps builtins.print in each of the parallel shard threads; the run must leave it as it was.
+    assert builtins.print is print_before
     assert result["model"] == str(tiny_bundle)
     assert Path(champion_run.out).read_bytes() == before
     assert sorted(p.name for p in Path(champion_run.out).parent.iterdir()) == ["predictions.csv"]
