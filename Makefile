@@ -92,9 +92,9 @@ TRANSFORMER_PORT ?= 8085
 # Both servers on 127.0.0.1 over HTTP (the transformer needs no bundle); Ctrl-C stops both.
 serve: $(STAMP)
 	@test -f $(SERVE_BUNDLE)/manifest.json || { echo "no bundle at $(SERVE_BUNDLE): run 'make demo' or pass SERVE_BUNDLE=DIR"; exit 1; }
-	$(BIN)/rakuten serve predictor --model_dir $(SERVE_BUNDLE) --bind_host 127.0.0.1 --http_port $(PREDICTOR_PORT) & \
+	$(BIN)/rakuten serve predictor --model-dir $(SERVE_BUNDLE) --bind-host 127.0.0.1 --http_port $(PREDICTOR_PORT) & \
 	pred=$$!; trap 'kill $$pred 2>/dev/null; wait $$pred' EXIT; \
-	$(BIN)/rakuten serve transformer --bind_host 127.0.0.1 --http_port $(TRANSFORMER_PORT) \
+	$(BIN)/rakuten serve transformer --bind-host 127.0.0.1 --http_port $(TRANSFORMER_PORT) \
 		--predictor_host 127.0.0.1:$(PREDICTOR_PORT)
 
 bench: $(STAMP)

@@ -14,8 +14,9 @@ def train_member(
     model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train one ensemble member on the train split, early-stopped on validation weighted F1: text (vocabulary +
-    LSTM, plus the optional tfidf member) or image (a new head on the frozen VGG16 base)."""
+    """Train one stage's ensemble members on the train split (neural ones early-stopped on validation weighted F1):
+    text (vocabulary + LSTM, and the optional tfidf / chartfidf members) or image (a new head on the frozen
+    backbone); with ensemble_folds K, also their out-of-fold probabilities."""
     from rakuten_mm import steps
 
     steps.train_member(member, dataset.path, model.path, train_config=train_config, mlflow_run_id=mlflow_run_id,

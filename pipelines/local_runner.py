@@ -23,27 +23,23 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import io
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from pipelines.step_log import ANSI, StepLog
 from rakuten_mm import errors, storage
 from rakuten_mm.config import TrainConfig, state_dir
 from rakuten_mm.data import DataOptions
 from rakuten_mm.registry import MODEL_NAME, check_min_improvement
 from rakuten_mm.report import html_path
 from rakuten_mm.tracking import EXPERIMENT
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
 
 RUNNERS = ("subprocess", "docker")
 
@@ -63,21 +59,6 @@ def pipeline_arguments(data_uri: str, out_uri: str, cfg: TrainConfig, options: D
 
 def _absolute(uri: str) -> str:
     return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
-
-
-class _Tee(io.TextIOBase):
-    def __init__(self, echo: TextIO | None) -> None:
-        self.echo, self.buffer = echo, io.StringIO()
-
-    def write(self, text: str) -> int:
-        self.buffer.write(text)
-        if self.echo is not None:
-            self.echo.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.echo is not None:
-            self.echo.flush()
 
 
 @contextlib.contextmanager
@@ -100,8 +81,8 @@ def step_error(log: str, failure: RuntimeError) -> Exception:
     The last ``Traceback`` block ends with the exception line (``module.Type: message``) and the message's
     continuation lines; a :class:`RakutenError` type is rebuilt with that message.
     """
-    lines = _ANSI.sub("", log).splitlines()
-    summary = _ANSI.sub("", str(failure))
+    lines = ANSI.sub("", log).splitlines()
+    summary = ANSI.sub("", str(failure))
     starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("Traceback (most recent call last):")]
     if not starts:
         return PipelineFailed(summary)
@@ -125,10 +106,11 @@ def step_error(log: str, failure: RuntimeError) -> Exception:
 
 def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOptions = DataOptions(),
               tracking_uri: str | None = None, experiment: str = EXPERIMENT, min_improvement: float = 0.0, *,
-              registered_model: str = MODEL_NAME, quiet: bool = False, runner: str = "subprocess",
-              image: str | None = None) -> dict[str, Any]:
+              registered_model: str = MODEL_NAME, quiet: bool = False, verbose: bool = False,
+              runner: str = "subprocess", image: str | None = None) -> dict[str, Any]:
     """Run the pipeline locally; return the bundle's metrics plus ``bundle_uri``, ``gate``, ``mlflow_run_id``,
-    ``report`` (the HTML report's path) and ``run_dir`` (the run's artifacts). ``quiet``: do not echo step logs.
+    ``report`` (the HTML report's path) and ``run_dir`` (the run's artifacts). Console: a line per step start and
+    end and the steps' own lines (:mod:`pipelines.step_log`); ``verbose``: kfp.local's whole log; ``quiet``: nothing.
     ``runner``: ``subprocess`` (this venv) or ``docker`` (every step in ``image``, default the pipeline image
     ``components.base.IMAGE``: see :mod:`pipelines.docker_runner`)."""
     from kfp import local
@@ -168,7 +150,7 @@ def run_local(data_uri: str, out_uri: str, cfg: TrainConfig, options: DataOption
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     task = _execute(build(ClusterSettings(retries=0, image=image)), arguments, step_runner, root, scratch, quiet,
-                    finish=None if docker_plan is None else lambda: docker_runner.finish(docker_plan))
+                    verbose, finish=None if docker_plan is None else lambda: docker_runner.finish(docker_plan))
     out = task.outputs
     bundle_dir = Path(out["bundle"].path)
     metrics: dict[str, Any] = json.loads((bundle_dir / "metrics.json").read_text())
@@ -192,17 +174,18 @@ def _scratch() -> tuple[Path, Path]:
 
 
 def _execute(pipeline: Any, arguments: dict[str, Any], step_runner: Any, root: Path, scratch: Path, quiet: bool,
-             finish: Any = None) -> Any:
+             verbose: bool = False, finish: Any = None) -> Any:
     """Run ``pipeline(**arguments)`` with kfp.local and ``step_runner``, steps' temp files in ``scratch`` (removed
-    afterwards); ``finish()`` after a successful run. A failed step raises :func:`step_error`'s error."""
+    afterwards), its log shown on stdout as :class:`~pipelines.step_log.StepLog` shows it (nothing if ``quiet``);
+    ``finish()`` after a successful run. A failed step raises :func:`step_error`'s error."""
     from kfp import local
 
-    tee = _Tee(None if quiet else sys.stdout)
+    log = StepLog(None if quiet else sys.stdout, verbose=verbose)
     # kfp.local indents step logs by swapping builtins.print for the duration of a step; dsl.ParallelFor runs steps
     # in threads, so those swaps interleave and the last restore can leave an indenting print installed for good.
     original_print = builtins.print
     try:
-        with _environ(TMPDIR=str(scratch), MLFLOW_DISABLE_TELEMETRY="true"), contextlib.redirect_stdout(tee), \
+        with _environ(TMPDIR=str(scratch), MLFLOW_DISABLE_TELEMETRY="true"), contextlib.redirect_stdout(log), \
                 warnings.catch_warnings():
             # The project image's name does not contain "python"; kfp warns about that for every step.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
@@ -213,7 +196,9 @@ def _execute(pipeline: Any, arguments: dict[str, Any], step_runner: Any, root: P
             try:
                 task = pipeline(**arguments)
             except RuntimeError as exc:
-                raise step_error(tee.buffer.getvalue(), exc) from None
+                raise step_error(log.getvalue(), exc) from None
+            finally:
+                log.close()
         if finish is not None:
             finish()
     finally:
@@ -236,7 +221,8 @@ def batch_arguments(data_uri: str, predictions_uri: str, model: str, shards: int
 
 
 def predict_local(data_uri: str, model: str, predictions_uri: str, shards: int, options: DataOptions = DataOptions(),
-                  tracking_uri: str | None = None, device: str = "auto", *, quiet: bool = False) -> dict[str, Any]:
+                  tracking_uri: str | None = None, device: str = "auto", *, quiet: bool = False,
+                  verbose: bool = False) -> dict[str, Any]:
     """Run the batch prediction pipeline locally (subprocess steps, shards in parallel); return
     ``predictions_uri``, ``rows``, ``bundle_sha256``, ``model`` (the reference as resolved, e.g.
     ``models:/NAME/VERSION``) and ``run_dir``."""
@@ -256,7 +242,7 @@ def predict_local(data_uri: str, model: str, predictions_uri: str, shards: int, 
     arguments = batch_arguments(data_uri, predictions_uri, model, shards, options, tracking_uri, device)
     root, scratch = _scratch()
     task = _execute(build(ClusterSettings(retries=0)), arguments, local.SubprocessRunner(use_venv=False), root,
-                    scratch, quiet)
+                    scratch, quiet, verbose)
     out = task.outputs
     return {"predictions_uri": out["predictions_uri"], "rows": int(out["rows"]), "bundle_sha256": out["bundle_sha256"],
             "model": out["model"], "run_dir": str(Path(out["predictions"].path).parents[1])}

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the stages in this process instead of the local Kubeflow pipeline (faster start; "
                             "no model registry or gate)")
     train.add_argument("--no-tracking", action="store_true", help="with --in-process: do not log to MLflow")
+    train.add_argument("--verbose", action="store_true",
+                       help="echo kfp.local's whole log (every step's executor input and outputs) instead of a line "
+                            "per step start and end and the steps' own progress lines")
     train.add_argument("--experiment", default="rakuten", help="MLflow experiment name")
 
     evaluate = sub.add_parser("evaluate", help="score a bundle on labelled data")
@@ -81,11 +84,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from rakuten_mm import storage
     from rakuten_mm.data import DataOptions, validate
 
-    with storage.local_copy(args.data) as root:
-        print(validate(root, DataOptions.from_args(args)))
+    print(validate(args.data, DataOptions.from_args(args)))  # an s3 prefix is read in place: nothing copied
     print("ok")
     return 0
 
@@ -107,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # The embedded default: the same Kubeflow pipeline as on a cluster, run here by kfp.local.
     from pipelines.local_runner import run_local
 
-    result = run_local(args.data, args.out, cfg, options, experiment=args.experiment)
+    result = run_local(args.data, args.out, cfg, options, experiment=args.experiment, verbose=args.verbose)
     print(f"bundle: {result['bundle_uri']}")
     print(f"ensemble weights: {result['weights']}")
     print(_metrics_line("held-out test", result["test"]))
@@ -181,18 +182,17 @@ def _metrics_line(title: str, m: dict[str, Any]) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rakuten_mm import storage
     from rakuten_mm.config import resolve_device
-    from rakuten_mm.data import DataOptions, load_labelled
+    from rakuten_mm.data import DataOptions, images_of, read_labelled
     from rakuten_mm.inference import evaluate_rows
     from rakuten_mm.model import load_bundle
     from rakuten_mm.training import dataset_for
 
     model = load_bundle(args.bundle, resolve_device(args.device))
-    with storage.local_copy(args.data) as root:
-        dataset = load_labelled(root, DataOptions.from_args(args), allowed_codes=model.labels.codes)
-        rows = dataset_for(model.splits, dataset, args.split)
-        report_dir = Path(args.report_dir) if args.report_dir else None
+    dataset = read_labelled(args.data, DataOptions.from_args(args), allowed_codes=model.labels.codes)
+    rows = dataset_for(model.splits, dataset, args.split)
+    report_dir = Path(args.report_dir) if args.report_dir else None
+    with images_of(args.data, rows) as root:  # only the scored rows' images are fetched
         result = evaluate_rows(model, rows, root, report_dir)
     result["split"] = args.split or "all"
     result["data_version"] = dataset.version
@@ -206,15 +206,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from rakuten_mm import storage
+    from rakuten_mm.batch import write_csv_atomic
     from rakuten_mm.config import resolve_device
-    from rakuten_mm.data import DataOptions, load_unlabelled
-    from rakuten_mm.inference import predict_rows, predictions_frame, write_csv_atomic
+    from rakuten_mm.data import DataOptions, images_of, read_unlabelled
+    from rakuten_mm.inference import predict_rows, predictions_frame
     from rakuten_mm.model import load_bundle
 
     model = load_bundle(args.bundle, resolve_device(args.device))
-    with storage.local_copy(args.data) as root:
-        dataset = load_unlabelled(root, DataOptions.from_args(args))
+    dataset = read_unlabelled(args.data, DataOptions.from_args(args))
+    with images_of(args.data, dataset.frame) as root:  # only the test rows' images are fetched
         probs, _, _ = predict_rows(model, dataset.frame, root)
     out = write_csv_atomic(predictions_frame(model, dataset.frame, probs), Path(args.out))
     print(f"wrote {len(probs)} predictions to {out}")

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("data", help="data directory or s3:// URI")
     run.add_argument("--out", required=True, help="bundle directory or s3:// URI")
     _add_run_options(run)
-    run.add_argument("--quiet", action="store_true", help="do not echo the steps' logs")
+    _add_echo_options(run)
     run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                      help="subprocess: every step in this virtualenv (default); docker: every step in the pipeline "
                           "image through a Docker API (Docker, or podman's: set DOCKER_HOST), as Kubeflow runs it")
@@ -107,8 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tracking-uri", default=None,
                          help="MLflow tracking URI of the registry (default: MLFLOW_TRACKING_URI, else sqlite in the "
                               "state dir)")
-    predict.add_argument("--quiet", action="store_true", help="do not echo the steps' logs")
+    _add_echo_options(predict)
     return parser
+
+
+def _add_echo_options(parser: argparse.ArgumentParser) -> None:
+    echo = parser.add_mutually_exclusive_group()
+    echo.add_argument("--quiet", action="store_true", help="print only the result, no step lines")
+    echo.add_argument("--verbose", action="store_true",
+                      help="echo kfp.local's whole log (every step's executor input and outputs) instead of a line "
+                           "per step start and end and the steps' own progress lines")
 
 
 def cluster_settings(args: argparse.Namespace) -> Any:
@@ -145,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run_local(args.data, args.out, TrainConfig.from_args(args), DataOptions.from_args(args), args.tracking_uri,
                        args.experiment, args.min_improvement, registered_model=args.registered_model,
-                       quiet=args.quiet, runner=args.runner, image=args.image)
+                       quiet=args.quiet, verbose=args.verbose, runner=args.runner, image=args.image)
     test, gate = result["test"], result["gate"]
     print(f"bundle: {result['bundle_uri']}")
     print(f"ensemble weights: {json.dumps(result['weights'], sort_keys=True)}")
@@ -183,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipelines.local_runner import predict_local
 
     result = predict_local(args.data, args.model, args.out, args.shards, DataOptions.from_args(args),
-                           args.tracking_uri, args.device, quiet=args.quiet)
+                           args.tracking_uri, args.device, quiet=args.quiet, verbose=args.verbose)
     print(f"wrote {result['rows']} predictions to {result['predictions_uri']}")
     print(f"model: {result['model']} (bundle sha256 {result['bundle_sha256']})")
     return 0

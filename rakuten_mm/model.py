@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rakuten_mm import bundle, storage
+from rakuten_mm import backbones, bundle, chartfidf, storage
 from rakuten_mm.ensemble import combine
 from rakuten_mm.errors import BundleError
 from rakuten_mm.image import DEFAULT_MAX_PIXELS, ImagePreset, canonical_images
 from rakuten_mm.labels import LabelMap
-from rakuten_mm.members import IMAGE, TEXT, TFIDF
+from rakuten_mm.members import CHARTFIDF, IMAGE, TEXT, TFIDF
+from rakuten_mm.precision import check as check_precision
 from rakuten_mm.text import CleaningSettings, TextClassifier, TextModelConfig, Vocabulary, clean_text, text_present
 from rakuten_mm.tfidf import TfidfMember
-from rakuten_mm.vgg import BACKBONE, ImageHead, backbone_features, backbone_from_state
+from rakuten_mm.vgg import ImageHead, backbone_features
 
 
 @dataclass
@@ -63,9 +64,11 @@ class Classifier:
     image_head: ImageHead | None
     config: dict[str, Any]
     tfidf: TfidfMember | None = None
+    chartfidf: chartfidf.CharTfidfMember | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, list[Any]] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str | None = None  # the image backbone's numerics (rakuten_mm.precision); None: RAKUTEN_PRECISION
 
     @property
     def labels(self) -> LabelMap:
@@ -79,10 +82,12 @@ class Classifier:
         return self
 
     @torch.no_grad()
-    def member_probs(self, token_ids: np.ndarray, images: np.ndarray | None,
-                     image_mask: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def member_probs(self, token_ids: np.ndarray, images: np.ndarray | None, image_mask: np.ndarray | None,
+                     texts: tuple[Sequence[object], Sequence[object] | None] | None = None,
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Token ids + ``uint8 [B, 3, H, W]`` images (canonical 256 px, or already the preset's S) → per-member
-        probabilities (``float32 [B, C]``) and presence masks."""
+        probabilities (``float32 [B, C]``) and presence masks. ``texts``: the raw (designations, descriptions) the
+        token ids were encoded from, which the ``chartfidf`` member reads (required when the bundle holds it)."""
         batch = len(token_ids)
         probs: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
@@ -96,25 +101,34 @@ class Classifier:
             if mask.any() and images is not None:
                 # Only rows that carry an image go through VGG16: it is most of the compute.
                 pixels = self.pre.image_preset.resize(np.asarray(images)[mask]).to(self.device)
-                feats = backbone_features(self.backbone, pixels, self.pre.image_preset, self.device)
+                feats = backbone_features(self.backbone, pixels, self.pre.image_preset, self.device,
+                                          precision=self.precision)
                 out[mask] = torch.softmax(self.image_head(feats).float(), 1).cpu().numpy()
             probs[IMAGE], present[IMAGE] = out, mask
         if self.tfidf is not None:
             probs[TFIDF] = self.tfidf.predict_proba(np.asarray(token_ids))
             present[TFIDF] = text_present(np.asarray(token_ids))
+        if self.chartfidf is not None:
+            if texts is None:
+                raise BundleError("this bundle's chartfidf member reads the raw text: pass texts= (designations, "
+                                  "descriptions) along with the token ids")
+            fields = chartfidf.fields(texts[0], texts[1], self.pre.cleaning)
+            probs[CHARTFIDF], present[CHARTFIDF] = self.chartfidf.predict_proba(fields), chartfidf.present(fields)
         return probs, present
 
     def predict_tensors(self, token_ids: np.ndarray, images: np.ndarray | None = None,
-                        image_mask: np.ndarray | None = None) -> np.ndarray:
+                        image_mask: np.ndarray | None = None,
+                        texts: tuple[Sequence[object], Sequence[object] | None] | None = None) -> np.ndarray:
         """The ensemble's probabilities ``float32 [B, C]`` from token ids and images (as :meth:`member_probs`)."""
-        probs, present = self.member_probs(token_ids, images, image_mask)
+        probs, present = self.member_probs(token_ids, images, image_mask, texts)
         return combine(probs, self.weights, present)
 
     def member_probs_raw(self, designations: Sequence[object], descriptions: Sequence[object] | None,
                          images: np.ndarray | None, image_mask: np.ndarray | None
                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Raw text + canonical images → per-member probabilities and presence masks."""
-        return self.member_probs(self.pre.encode_text(designations, descriptions), images, image_mask)
+        return self.member_probs(self.pre.encode_text(designations, descriptions), images, image_mask,
+                                 (designations, descriptions))
 
     def predict_raw(self, designations: Sequence[object], descriptions: Sequence[object] | None = None,
                     images: np.ndarray | None = None, image_mask: np.ndarray | None = None) -> np.ndarray:
@@ -135,8 +149,9 @@ def load_preprocessor(uri: str | Path) -> Preprocessor:
         return preprocessor_from_dir(root, bundle.verify(root))
 
 
-def load_bundle(uri: str | Path, device: torch.device | str = "cpu") -> Classifier:
-    """Verify and load a bundle from a directory, an s3:// URI or a KServe mount, onto ``device``."""
+def load_bundle(uri: str | Path, device: torch.device | str = "cpu", precision: str | None = None) -> Classifier:
+    """Verify and load a bundle from a directory, an s3:// URI or a KServe mount, onto ``device``; ``precision``:
+    how its image backbone runs (:mod:`rakuten_mm.precision`; None reads ``RAKUTEN_PRECISION``, default auto)."""
     with storage.local_copy(uri) as root:
         config = bundle.verify(root)
         pre = preprocessor_from_dir(root, config)
@@ -146,15 +161,16 @@ def load_bundle(uri: str | Path, device: torch.device | str = "cpu") -> Classifi
             text_model = TextClassifier(TextModelConfig.from_json(config["text"]["model"]))
             text_model.load_state_dict(bundle.load_state(root, bundle.TEXT_MODEL))
         if IMAGE in members:
-            if config["image"].get("backbone") != BACKBONE:
-                raise BundleError(f"image backbone {config['image'].get('backbone')!r} is not supported; "
-                                  f"allowed: {BACKBONE}")
-            backbone = backbone_from_state(bundle.load_state(root, bundle.IMAGE_BACKBONE))
+            # bundle.verify checked the backbone's name against the registry and its state against its skeleton.
+            spec = backbones.get(config["image"]["backbone"])
+            backbone = spec.from_state(bundle.load_state(root, bundle.IMAGE_BACKBONE))
             head = ImageHead(len(pre.labels), **config["image"].get("head", {}))
             head.load_state_dict(bundle.load_state(root, bundle.IMAGE_HEAD))
         tfidf = TfidfMember.load(root / bundle.TFIDF) if TFIDF in members else None
+        chars = chartfidf.CharTfidfMember.load(root / bundle.CHARTFIDF) if CHARTFIDF in members else None
         classifier = Classifier(pre=pre, weights=dict(config["ensemble"]["weights"]), text_model=text_model,
-                                backbone=backbone, image_head=head, config=config, tfidf=tfidf,
+                                backbone=backbone, image_head=head, config=config, tfidf=tfidf, chartfidf=chars,
                                 metrics=bundle.read_json(root, bundle.METRICS),
-                                splits=bundle.read_json(root, bundle.SPLITS))
+                                splits=bundle.read_json(root, bundle.SPLITS),
+                                precision=None if precision is None else check_precision(precision))
     return classifier.to(torch.device(device))

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rakuten_mm import batch, bundle, registry, storage, training
+from rakuten_mm import batch, bundle, data, members, registry, storage
 from rakuten_mm.config import TrainConfig, resolve_device
 from rakuten_mm.data import DataOptions
 from rakuten_mm.errors import BundleError
@@ -159,8 +159,8 @@ def preprocess(data_uri: str, dataset_dir: str, *, on_bad_rows: str, on_missing_
                            tags={k: v for k, v in (tags or {}).items() if v})
     with _step("preprocess", started, parent):
         parent.params({**cfg.to_json(), "data_uri": data_uri, **vars(options)})
-        prepared = training.preprocess(data_uri, Path(dataset_dir), options, cfg.seed, cfg.val_fraction,
-                                       cfg.test_fraction)
+        prepared = data.preprocess(data_uri, Path(dataset_dir), options, cfg.seed, cfg.val_fraction,
+                                   cfg.test_fraction)
         parent.params({"data_version": prepared.version})
         parent.client.log_text(parent.run_id, prepared.report, "data/validation_report.txt")
     if metadata is not None:
@@ -186,10 +186,12 @@ def train_member(member: str, dataset_dir: str, model_dir: str, *, train_config:
                  metadata: Metadata | None = None) -> None:
     """Train one ensemble member (``text`` or ``image``) in a nested MLflow run, with per-epoch curves."""
     started = time.perf_counter()
+    from rakuten_mm import training
+
     stages = training.STAGES
     cfg = load_train_config(train_config)
     out = Path(model_dir)
-    if member not in cfg.members:
+    if not members.trained_by(member, cfg.members):
         out.mkdir(parents=True, exist_ok=True)
         bundle.write_json(out / SKIPPED, {"member": member, "members": list(cfg.members)})
         if metadata is not None:
@@ -200,12 +202,15 @@ def train_member(member: str, dataset_dir: str, model_dir: str, *, train_config:
                           tags={"member": member})
 
     def on_epoch(epoch: int, record: dict[str, float]) -> None:
+        # One line per epoch: a step's tqdm bars are off (its output is a pipe), and this is its progress.
+        print(f"{member} epoch {epoch}: train loss {record['train_loss']:.4f}, "
+              f"val weighted F1 {record['val_weighted_f1']:.4f}", flush=True)
         child.metrics(epoch_metrics(record), step=epoch)
         parent.metrics(epoch_metrics(record, member), step=epoch)
 
     with _step(f"train_{member}", started, parent, child):
         child.params(cfg.to_json())
-        scores = stages[member](training.load_prepared(Path(dataset_dir)), out, cfg, on_epoch=on_epoch)
+        scores = stages[member](data.load_prepared(Path(dataset_dir)), out, cfg, on_epoch=on_epoch)
         child.metrics(_headline(scores, "val_"))  # the parent gets them from fit_ensemble (val_<member>_...)
         child.finish()
     _log(log_metric, {**_headline(scores, "val_"), "val_rows": float(scores["rows"])})
@@ -216,13 +221,15 @@ def train_member(member: str, dataset_dir: str, model_dir: str, *, train_config:
 def fit_ensemble(dataset_dir: str, text_dir: str, image_dir: str, bundle_dir: str, *, train_config: str,
                  mlflow_run_id: str, tracking_uri: str = "", experiment: str = "rakuten",
                  log_metric: MetricLogger | None = None, metadata: Metadata | None = None) -> Fitted:
-    """Tune the ensemble weights on the validation split and build the bundle into ``bundle_dir``."""
+    """Tune the ensemble weights (validation split, or out-of-fold) and build the bundle into ``bundle_dir``."""
     started = time.perf_counter()
+    from rakuten_mm import training
+
     cfg = load_train_config(train_config)
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
-    members = training.member_dirs(Path(text_dir), Path(image_dir), cfg)
+    member_paths = training.member_dirs(Path(text_dir), Path(image_dir), cfg)
     with _step("fit_ensemble", started, parent):
-        metrics = training.fit_ensemble(training.load_prepared(Path(dataset_dir)), members, bundle_dir, cfg)
+        metrics = training.fit_ensemble(data.load_prepared(Path(dataset_dir)), member_paths, bundle_dir, cfg)
         weights = {f"weight_{k}": float(v) for k, v in metrics["weights"].items()}
         scores = {**_headline(metrics["val"], "val_"), **_headline(metrics["test"], "test_"), **weights}
         parent.metrics(scores)
@@ -230,7 +237,7 @@ def fit_ensemble(dataset_dir: str, text_dir: str, image_dir: str, bundle_dir: st
     _log(log_metric, scores)
     if metadata is not None:
         metadata.update({"data_version": metrics["data_version"], "weights": metrics["weights"],
-                         "members": list(members), "format": bundle.FORMAT_VERSION})
+                         "members": list(member_paths), "format": bundle.FORMAT_VERSION})
     return Fitted(float(metrics["val"]["weighted_f1"]))
 
 
@@ -313,13 +320,13 @@ def evaluate(dataset_dir: str, bundle_dir: str, evaluation_dir: str, *, mlflow_r
     parent = _tracker(tracking_uri, experiment, mlflow_run_id)
     out = Path(evaluation_dir)
     with _step("evaluate", started, parent):
-        prepared = training.load_prepared(Path(dataset_dir))
+        prepared = data.load_prepared(Path(dataset_dir))
         config = bundle.verify(Path(bundle_dir))
         # This step may run without the training steps' GPU: "cuda" degrades to "auto" here.
         device = resolve_device("cpu" if config["train_config"]["device"] == "cpu" else "auto")
         model = load_bundle(bundle_dir, device)
         rows = prepared.rows("test")
-        with storage.local_copy(prepared.data_uri) as root:
+        with data.images_of(prepared.data_uri, rows) as root:  # the test split's images, nothing else
             ens, probs, present = predict_rows(model, rows, root, desc="evaluate")
             result = score_predictions(model.labels, rows["prdtypecode"], ens, probs, present, report_dir=out)
             champion = _champion_on(rows, root, prepared.version, parent.cfg, model_name, device, model.labels)
@@ -386,7 +393,7 @@ def register(dataset_dir: str, bundle_dir: str, evaluation_dir: str, report_path
                   "test_weighted_f1": repr(float(metrics["test"]["weighted_f1"]))})
         evaluation = json.loads((Path(evaluation_dir) / EVALUATION).read_text())
         png = Path(evaluation_dir) / evaluation["files"]["png"]
-        data_uri = json.loads((Path(dataset_dir) / training.PREPARED).read_text())["data_uri"]
+        data_uri = json.loads((Path(dataset_dir) / data.PREPARED).read_text())["data_uri"]
         context = {"data": data_uri, "bundle": published, "MLflow run": parent.run_id,
                    "MLflow experiment": parent.cfg.experiment}
         page = render_html(metrics=metrics, evaluation=evaluation, gate=gate.to_json(), context=context,
@@ -433,8 +440,6 @@ def prepare_batch(data_uri: str, model: str, predictions_uri: str, shards: int, 
     alias moves meanwhile) and return the shard numbers to fan out over."""
     import shutil
 
-    from rakuten_mm.data import load_unlabelled
-
     batch.check_shards(shards)
     batch.check_output(predictions_uri)
     options = DataOptions(on_bad_rows=on_bad_rows, on_missing_image=on_missing_image)  # type: ignore[arg-type]
@@ -442,8 +447,7 @@ def prepare_batch(data_uri: str, model: str, predictions_uri: str, shards: int, 
         bundle.verify(path)
         shutil.copytree(path, bundle_dir)
     digest = batch.bundle_sha256(Path(bundle_dir))
-    with storage.local_copy(data_uri) as root:
-        dataset = load_unlabelled(root, options)
+    dataset = data.read_unlabelled(data_uri, options)  # an s3 prefix in place: images streamed, none stored
     batch.write_rows(dataset.frame, Path(rows_dir), {"data_uri": data_uri, "version": dataset.version,
                                                      "model": pinned, batch.HASH_COLUMN: digest})
     bounds = batch.shard_bounds(len(dataset.frame), shards)
@@ -465,7 +469,7 @@ def predict_shard(rows_dir: str, bundle_dir: str, shard: int, shards: int, out_d
     start, stop = bounds = batch.shard_bounds(len(rows), shards)[int(shard)]
     part = rows.iloc[start:stop]
     model = load_bundle(bundle_dir, resolve_device(device))
-    with storage.local_copy(meta["data_uri"]) as root:
+    with data.images_of(meta["data_uri"], part) as root:  # this shard's images, nothing else
         probs, _, _ = predict_rows(model, part, root, batch_size=batch.BATCH_SIZE, desc=f"shard {shard}")
     frame = predictions_frame(model, part, probs).assign(**{batch.HASH_COLUMN: meta[batch.HASH_COLUMN]})
     batch.write_shard(frame, Path(out_dir), int(shard), bounds)

@@ -25,6 +25,17 @@ Safety rules, for bundles and datasets alike:
   non-root user), whatever private mode the staging directory had.
 * **Errors are typed.** Every boto3/botocore error and local I/O error becomes a :class:`StorageError` naming the
   URI; :func:`check_writable` tries the output before a long training run starts.
+
+Transfers, for datasets of ~100k small objects: a step reads only the objects it needs. :func:`list_objects` lists
+a prefix once (keys, sizes); :func:`fetch` downloads a given set of keys into a directory and :func:`read_each`
+streams them through a function without writing them anywhere (at most ``concurrency`` objects in memory);
+:func:`local_files` is the context manager steps use (a local directory as is, else a temporary download of just
+those keys). Requests run ``concurrency`` at a time on one client whose connection pool has as many connections:
+``RAKUTEN_S3_CONCURRENCY`` (default :data:`DEFAULT_CONCURRENCY`), read when a transfer starts; an invalid value is a
+:class:`~rakuten_mm.errors.ConfigError`. Transient failures are retried: botocore's ``standard`` retry mode for the
+request (throttling, 5xx, connection errors; ``AWS_MAX_ATTEMPTS`` overrides :data:`MAX_ATTEMPTS`), and a body that
+breaks off mid-stream is fetched again, up to :data:`MAX_ATTEMPTS` times. A download lands under a temporary name
+and is renamed into place, so a failed transfer never leaves a truncated file under the object's name.
 """
 
 from __future__ import annotations
@@ -39,12 +50,14 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from rakuten_mm.errors import StorageError
+from rakuten_mm.errors import ConfigError, StorageError
 
 S3_PREFIX = "s3://"
 POINTER = "current.json"  # the publish pointer: {"format": 1, "version": "<id>"}
@@ -52,8 +65,14 @@ VERSIONS = "versions"  # immutable published copies live under <prefix>/versions
 KEEP_VERSIONS = 2  # the current version and the one it replaced
 POINTER_FORMAT = 1
 _VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-TRANSFER_THREADS = 8
+CONCURRENCY_ENV = "RAKUTEN_S3_CONCURRENCY"
+DEFAULT_CONCURRENCY = 32  # concurrent requests per transfer: ~20 ms first-byte latency hides behind 32 in flight
+MAX_CONCURRENCY = 512
+MAX_ATTEMPTS = 5  # per request (botocore standard retries) and per body read
+_CHUNK = 1 << 20
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def is_s3(uri: str | os.PathLike[str]) -> bool:
@@ -79,6 +98,32 @@ def s3_client(config: Any = None) -> Any:
     import boto3
 
     return boto3.client("s3", config=config)
+
+
+def transfer_concurrency(value: int | str | None = None) -> int:
+    """Concurrent requests per transfer: ``value``, else ``RAKUTEN_S3_CONCURRENCY``, else the default (32).
+
+    :class:`ConfigError` for anything but an integer from 1 to :data:`MAX_CONCURRENCY`.
+    """
+    raw = value if value is not None else os.environ.get(CONCURRENCY_ENV) or DEFAULT_CONCURRENCY
+    try:
+        number = int(str(raw).strip())
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_CONCURRENCY:
+        raise ConfigError(f"{CONCURRENCY_ENV} (concurrent S3 requests per transfer) must be an integer from 1 to "
+                          f"{MAX_CONCURRENCY}, got {raw!r}")
+    return number
+
+
+def transfer_client(concurrency: int) -> Any:
+    """A client for ``concurrency`` threads: as many pooled connections, botocore's standard retries."""
+    from botocore.config import Config
+
+    retries: dict[str, Any] = {"mode": "standard"}
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["max_attempts"] = MAX_ATTEMPTS
+    return s3_client(Config(max_pool_connections=max(10, concurrency), retries=retries))
 
 
 def _s3_errors() -> tuple[type[BaseException], ...]:
@@ -153,15 +198,34 @@ def _list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def _parallel(fn: Any, items: list[Any]) -> None:
-    """``fn(item)`` for every item on a small thread pool (boto3 clients are thread-safe); the first error wins."""
-    if len(items) <= 1:
-        for item in items:
-            fn(item)
+def bounded_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
+    """``fn(item)`` for every item, ``workers`` at a time on a thread pool, results in order.
+
+    At most ``4 × workers`` items are submitted ahead of the one being yielded, so memory does not grow with the
+    number of items (a list of 100k keys is fine). The first error is raised once the items before it are yielded;
+    items not yet started are cancelled.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
         return
-    with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items))) as pool:
-        for future in [pool.submit(fn, item) for item in items]:
-            future.result()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transfer") as pool:
+        pending: deque[Future[_R]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 4 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _parallel(fn: Any, items: list[Any], workers: int | None = None) -> None:
+    """``fn(item)`` for every item on a thread pool (boto3 clients are thread-safe); the first error wins."""
+    for _ in bounded_map(fn, items, min(workers or transfer_concurrency(), max(1, len(items)))):
+        pass
 
 
 def _read_pointer(client: Any, bucket: str, prefix: str) -> str | None:
@@ -192,10 +256,13 @@ def download_dir(uri: str, dest: Path) -> Path:
 
     Every key is checked before the first byte is written (:func:`safe_relative`); any S3 or local I/O failure is
     a :class:`StorageError` naming ``uri``. This copies the prefix as is: :func:`local_copy` follows a pointer.
+    For bundles (a few files, one of them large: ``download_file`` splits it into concurrent ranged GETs); a
+    dataset step reads only the keys it needs with :func:`fetch` or :func:`read_each`.
     """
     bucket, prefix = split_s3(uri)
     try:
-        client = s3_client()
+        concurrency = transfer_concurrency()
+        client = transfer_client(concurrency)
         keys = _list_keys(client, bucket, prefix)
         if not keys:
             raise StorageError(f"nothing found under {uri}")
@@ -208,12 +275,215 @@ def download_dir(uri: str, dest: Path) -> Path:
             plan.append((key, target))
         for _, target in plan:
             target.parent.mkdir(parents=True, exist_ok=True)
-        _parallel(lambda item: client.download_file(bucket, item[0], str(item[1])), plan)
+        _parallel(lambda item: client.download_file(bucket, item[0], str(item[1])), plan, concurrency)
     except _s3_errors() as exc:
         raise StorageError(f"cannot read {uri}: {exc}") from None
     except OSError as exc:  # local side: disk full, a key that is both a file and a "directory"...
         raise StorageError(f"cannot copy {uri} into {dest}: {exc}") from None
     return dest
+
+
+# ---- datasets: only the objects a step needs, concurrently ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Listing:
+    """The objects under an ``s3://bucket/prefix`` URI: relative key → size in bytes (one ListObjectsV2 walk)."""
+
+    uri: str
+    sizes: dict[str, int]
+
+    def is_file(self, rel: str) -> bool:
+        return rel in self.sizes
+
+    def is_dir(self, rel: str) -> bool:
+        """Some object lies under ``rel/`` (S3 has no directories: a "directory" exists while it holds a key)."""
+        head = rel.rstrip("/") + "/"
+        return any(key.startswith(head) for key in self.sizes)
+
+
+def list_objects(uri: str) -> Listing:
+    """Every object under ``uri`` (a publish pointer followed, as :func:`local_copy` does), with its size.
+
+    Keys are relative to the prefix; "directory" markers (keys ending in ``/``) are left out. As for
+    :func:`download_dir`, a prefix holding a key that is not a plain relative path (:func:`safe_relative`) is
+    refused with a :class:`StorageError` naming it, whether or not a step would read that key.
+    """
+    uri = resolve(uri)
+    bucket, prefix = split_s3(uri)
+    sizes: dict[str, int] = {}
+    try:
+        paginator = transfer_client(1).get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix) + 1:] if prefix else obj["Key"]
+                if rel and not rel.endswith("/"):
+                    safe_relative(rel, f"object key {obj['Key']!r} under {uri}")
+                    sizes[rel] = int(obj["Size"])
+    except _s3_errors() as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from None
+    return Listing(uri, sizes)
+
+
+def _get(client: Any, bucket: str, key: str, sink: Callable[[Iterator[bytes]], _R]) -> _R:
+    """``sink`` fed the object's body in chunks; a body that breaks off is fetched again (:data:`MAX_ATTEMPTS`)."""
+    from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
+
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]  # the request itself: botocore's retries
+            try:
+                return sink(body.iter_chunks(_CHUNK))
+            finally:
+                body.close()
+        except S3_RETRYABLE_DOWNLOAD_ERRORS as exc:
+            if attempt == MAX_ATTEMPTS:
+                raise
+            _log.info("s3://%s/%s: body read failed (%s); attempt %d of %d", bucket, key, exc, attempt + 1,
+                      MAX_ATTEMPTS)
+    raise AssertionError("unreachable")
+
+
+class _LocalWriteError(Exception):
+    """A local write failed while a body streamed in: not a network error, so never retried."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _write_to(target: Path) -> Callable[[Iterator[bytes]], None]:
+    """A sink writing the body under a temporary name beside ``target``, renamed into place once complete."""
+    def sink(chunks: Iterator[bytes]) -> None:
+        try:
+            fd, part = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        except OSError as exc:
+            raise _LocalWriteError(exc) from None
+        try:
+            fh = os.fdopen(fd, "wb")
+            try:
+                for chunk in chunks:  # network errors surface here (and are retried by _get)
+                    try:
+                        fh.write(chunk)
+                    except OSError as exc:
+                        raise _LocalWriteError(exc) from None
+            finally:
+                try:
+                    fh.close()
+                except OSError as exc:
+                    raise _LocalWriteError(exc) from None
+            try:
+                os.replace(part, target)
+            except OSError as exc:
+                raise _LocalWriteError(exc) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+    return sink
+
+
+def _mkdirs_inside(dest: Path, directory: Path, checked: set[Path]) -> None:
+    """``mkdir -p directory`` one level at a time, each existing level checked first (:func:`inside`), so a
+    symlink already under ``dest`` can never make a directory, or a file, appear outside it."""
+    current = dest
+    for part in directory.relative_to(dest).parts:
+        current = current / part
+        if current in checked:
+            continue
+        if current.is_symlink() or current.exists():
+            inside(dest, current)
+        else:
+            current.mkdir(exist_ok=True)
+        checked.add(current)
+
+
+def fetch(uri: str, keys: Iterable[str], dest: Path, concurrency: int | None = None) -> Path:
+    """Download the objects ``<uri>/<key>`` for the given relative keys into ``dest/<key>`` (``dest`` created).
+
+    Only those objects are read: one GET each, no listing, ``concurrency`` at a time (default:
+    :func:`transfer_concurrency`), retried on transient errors. Every key is checked before the first byte is
+    written: one whose path is not plain and relative (:func:`safe_relative`) or whose directory resolves outside
+    ``dest`` (a symlink already there) is refused with a :class:`StorageError` naming it. A missing object or any
+    other S3 or local failure is a :class:`StorageError` naming ``uri`` (and the key). Returns ``dest``.
+    """
+    bucket, prefix = split_s3(uri)
+    workers = transfer_concurrency(concurrency)
+    plan: list[tuple[str, Path]] = []
+    for rel in dict.fromkeys(keys):  # each key once, in the order given
+        key = _join(prefix, rel)
+        plan.append((key, dest.joinpath(*safe_relative(rel, f"object key {key!r} under {uri}"))))
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        checked: set[Path] = {dest}
+        for _, target in plan:
+            _mkdirs_inside(dest, target.parent, checked)
+    except OSError as exc:
+        raise StorageError(f"cannot copy {uri} into {dest}: {exc}") from None
+    client = transfer_client(workers)
+
+    def one(item: tuple[str, Path]) -> None:
+        key, target = item
+        try:
+            _get(client, bucket, key, _write_to(target))
+        except _s3_errors() as exc:
+            why = "no such object" if _error_code(exc) in ("NoSuchKey", "404", "NotFound") else str(exc)
+            raise StorageError(f"cannot read s3://{bucket}/{key} (under {uri}): {why}") from None
+        except _LocalWriteError as exc:
+            raise StorageError(f"cannot copy s3://{bucket}/{key} into {dest}: {exc.cause}") from None
+
+    _parallel(one, plan, workers)
+    return dest
+
+
+def read_each(uri: str, keys: Iterable[str], fn: Callable[[str, bytes | None], _R],
+              concurrency: int | None = None) -> Iterator[_R]:
+    """``fn(key, content)`` for every relative key under ``uri``, in order, without writing anything to disk.
+
+    ``content`` is the object's bytes, or ``None`` when there is no such object. ``concurrency`` objects are read
+    (and ``fn`` runs) at a time, so at most that many objects are in memory at once. Keys need not be plain
+    relative paths here (nothing is written), but every key is read under ``uri``'s prefix. S3 failures other
+    than a missing object are a :class:`StorageError` naming the object.
+    """
+    bucket, prefix = split_s3(uri)
+    workers = transfer_concurrency(concurrency)
+    client = transfer_client(workers)
+
+    def one(rel: str) -> _R:
+        key = _join(prefix, rel)
+        try:
+            content: bytes | None = _get(client, bucket, key, b"".join)
+        except _s3_errors() as exc:
+            if _error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
+                raise StorageError(f"cannot read s3://{bucket}/{key} (under {uri}): {exc}") from None
+            content = None
+        return fn(rel, content)
+
+    return bounded_map(one, keys, workers)
+
+
+def local_dir(path: str | os.PathLike[str]) -> Path:
+    """A local data or bundle directory, checked (:class:`StorageError` when missing or a file), pointer followed."""
+    path = Path(path)
+    if not path.exists():
+        raise StorageError(f"no such directory: {path}")
+    if not path.is_dir():
+        raise StorageError(f"{path} is a file; expected a directory or an s3://bucket/prefix URI")
+    return _resolve_local(path)
+
+
+@contextlib.contextmanager
+def local_files(uri: str | os.PathLike[str], keys: Iterable[str], concurrency: int | None = None
+                ) -> Iterator[Path]:
+    """Yield a local directory holding at least the given relative keys of ``uri``.
+
+    A local directory is yielded as is (:func:`local_dir`: nothing is copied, the keys are not checked); for an
+    s3 prefix, a temporary directory into which :func:`fetch` downloaded exactly those keys (pointer followed),
+    removed afterwards.
+    """
+    if not is_s3(uri):
+        yield local_dir(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="rakuten-s3-") as tmp:
+        yield fetch(resolve(uri), keys, Path(tmp), concurrency)
 
 
 def upload_dir(src: Path, uri: str, last: str | None = None) -> None:
@@ -225,9 +495,10 @@ def upload_dir(src: Path, uri: str, last: str | None = None) -> None:
     files = sorted(p for p in src.rglob("*") if p.is_file())
     rels = [p.relative_to(src).as_posix() for p in files]
     try:
-        client = s3_client()
+        concurrency = transfer_concurrency()
+        client = transfer_client(concurrency)
         first = [(p, r) for p, r in zip(files, rels, strict=True) if r != last]
-        _parallel(lambda item: client.upload_file(str(item[0]), bucket, _join(prefix, item[1])), first)
+        _parallel(lambda item: client.upload_file(str(item[0]), bucket, _join(prefix, item[1])), first, concurrency)
         if last is not None and last in rels:
             client.upload_file(str(src / last), bucket, _join(prefix, last))
     except _s3_errors() as exc:
@@ -322,12 +593,7 @@ def local_copy(uri: str | os.PathLike[str]) -> Iterator[Path]:
     A publish pointer is followed (:func:`resolve`), so the directory is one bundle, whatever the layout.
     """
     if not is_s3(uri):
-        path = Path(uri)
-        if not path.exists():
-            raise StorageError(f"no such directory: {path}")
-        if not path.is_dir():
-            raise StorageError(f"{path} is a file; expected a directory or an s3://bucket/prefix URI")
-        yield _resolve_local(path)
+        yield local_dir(uri)
         return
     with tempfile.TemporaryDirectory(prefix="rakuten-s3-") as tmp:
         yield download_dir(resolve(uri), Path(tmp))

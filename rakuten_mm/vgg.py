@@ -15,8 +15,9 @@ from torch import nn
 from torchvision import models
 from tqdm.auto import tqdm
 
+from rakuten_mm import precision as precision_plan
 from rakuten_mm.errors import ImageWeightsUnavailable
-from rakuten_mm.image import ImagePreset, load_image_file
+from rakuten_mm.image import ImagePreset, load_uint8_images
 
 BACKBONE = "vgg16"
 FEATURE_DIM = 512  # VGG16's last conv block, global-average-pooled
@@ -82,13 +83,14 @@ def backbone_from_state(state: dict[str, torch.Tensor]) -> nn.Sequential:
 
 
 class ImageHead(nn.Module):
-    """The new classifier trained on top of the VGG16 features."""
+    """The new classifier trained on the frozen backbone's pooled features (``in_features``: 512 for VGG16)."""
 
-    def __init__(self, num_classes: int, hidden: int = 256, dropout: float = 0.3) -> None:
+    def __init__(self, num_classes: int, in_features: int = FEATURE_DIM, hidden: int = 256,
+                 dropout: float = 0.3) -> None:
         super().__init__()
         # BatchNorm first: pooled VGG16 activations are small and of uneven scale (with random weights especially),
         # and standardising them lets one learning rate suit every backbone weight source.
-        self.net = nn.Sequential(nn.BatchNorm1d(FEATURE_DIM), nn.Dropout(dropout), nn.Linear(FEATURE_DIM, hidden),
+        self.net = nn.Sequential(nn.BatchNorm1d(in_features), nn.Dropout(dropout), nn.Linear(in_features, hidden),
                                  nn.ReLU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
@@ -96,28 +98,49 @@ class ImageHead(nn.Module):
         return self.net(features)
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA (VGG16 convolutions are most of the compute); a no-op context on CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str | None = None) -> torch.autocast:
+    """The autocast context :func:`backbone_features` runs in (bf16 where :mod:`rakuten_mm.precision` says so)."""
+    return precision_plan.autocast(precision_plan.resolve(precision, device), device)
 
 
 @torch.no_grad()
 def backbone_features(backbone: nn.Module, images: torch.Tensor, preset: ImagePreset,
-                      device: torch.device) -> torch.Tensor:
-    """``uint8 [B, 3, S, S]`` → float32 ``[B, 512]`` on ``device``."""
-    with autocast(device):
-        return backbone(preset.normalize(images.to(device))).float()
+                      device: torch.device, *, precision: str | None = None) -> torch.Tensor:
+    """``uint8 [B, 3, S, S]`` → float32 ``[B, D]`` on ``device``: the one forward pass of the frozen backbone.
+
+    Feature extraction, in-process evaluation and the serving predictor all come here, so they run the backbone
+    the same way. ``precision`` (auto, fp32 or bf16; ``None``: ``RAKUTEN_PRECISION``, else auto) picks the plan
+    (:mod:`rakuten_mm.precision`): the backbone is put in that plan's memory layout (in place, once) and runs under
+    its autocast."""
+    plan = precision_plan.resolve(precision, device)
+    precision_plan.set_layout(backbone, plan.channels_last)
+    layout = torch.channels_last if plan.channels_last else torch.contiguous_format
+    pixels = preset.normalize(images.to(device)).contiguous(memory_format=layout)
+    with precision_plan.autocast(plan, device):
+        return backbone(pixels).float()
 
 
 def extract_features(backbone: nn.Module, paths: Sequence[Path], preset: ImagePreset, device: torch.device,
-                     batch_size: int = 32, desc: str = "features") -> np.ndarray:
-    """Run the frozen base once over image files → ``float32 [N, 512]`` (the feature cache)."""
+                     batch_size: int = 32, desc: str = "features", *, precision: str | None = None,
+                     workers: int | None = None) -> np.ndarray:
+    """Run a frozen backbone once over image files → ``float32 [N, D]`` (the feature cache); ``D`` is what the
+    backbone pools to (512 for VGG16, 1280 for EfficientNet-Lite0), read from its first output (``[0, 0]`` for
+    no files).
+
+    Images are decoded on ``workers`` threads (default: the CPUs available, see :mod:`rakuten_mm.decoding`), the
+    next batch while the backbone runs on the current one."""
     backbone.to(device).eval()
-    out = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, disable=None):
-        chunk = paths[start:start + batch_size]
-        batch = torch.from_numpy(np.stack([load_image_file(p, preset) for p in chunk]))
-        out[start:start + len(chunk)] = backbone_features(backbone, batch, preset, device).cpu().numpy()
+    out = np.zeros((len(paths), 0), dtype=np.float32)
+    starts = range(0, len(paths), batch_size)
+    with load_uint8_images(paths, preset, workers) as images:
+        for start in tqdm(starts, desc=desc, disable=None):
+            batch = images[start:start + batch_size]
+            if start + batch_size < len(paths):
+                images.prefetch(slice(start + batch_size, start + 2 * batch_size))
+            feats = backbone_features(backbone, batch, preset, device, precision=precision).cpu().numpy()
+            if start == 0:  # the width is the backbone's: known from its first output
+                out = np.zeros((len(paths), feats.shape[1]), dtype=np.float32)
+            out[start:start + len(batch)] = feats
     return out
 
 

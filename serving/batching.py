@@ -40,6 +40,9 @@ class TensorBatch:
     token_ids: np.ndarray  # int64 [B, L]; an all-zero row has no text
     images: np.ndarray | None  # uint8 [B, 3, 256, 256] (canonical), or None when no row has an image
     image_mask: np.ndarray  # bool [B]
+    # The raw text the token ids were encoded from, for members that read it (chartfidf); empty when none does.
+    designations: Sequence[object] = ()
+    descriptions: Sequence[object] = ()
 
     @property
     def rows(self) -> int:
@@ -64,7 +67,8 @@ def merge(batches: Sequence[TensorBatch]) -> TensorBatch:
         if images is not None and b.images is not None:
             images[start:stop] = b.images
         start = stop
-    return TensorBatch(token_ids, images, mask)
+    return TensorBatch(token_ids, images, mask, [t for b in batches for t in b.designations],
+                       [t for b in batches for t in b.descriptions])
 
 
 def split(result: np.ndarray, batches: Sequence[TensorBatch]) -> list[np.ndarray]:

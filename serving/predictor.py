@@ -51,7 +51,8 @@ class RakutenPredictor(contract.ContractModel):
 
     def load(self) -> bool:
         """Verify and load the bundle (local dir, s3:// URI or the KServe mount); ready only afterwards."""
-        self.classifier = load_bundle(self.settings.model_dir, resolve_device(self.settings.device))
+        self.classifier = load_bundle(self.settings.model_dir, resolve_device(self.settings.device),
+                                      self.settings.precision)
         self.batcher = MicroBatcher(self._forward, max_batch_size=self.settings.max_batch_size,
                                     max_delay_ms=self.settings.max_batch_delay_ms, rows=lambda b: b.rows,
                                     name=self.name)
@@ -111,7 +112,7 @@ class RakutenPredictor(contract.ContractModel):
             raise InvalidInput(f"product {first + int(empty[0])} has no usable text (no word is left in its "
                                "designation and description after cleaning) and no image; allowed: a designation "
                                "with at least one word, or an image")
-        return TensorBatch(token_ids, image, np.asarray(mask, dtype=bool))
+        return TensorBatch(token_ids, image, np.asarray(mask, dtype=bool), designations, descriptions)
 
     def _forward(self, batches: list[TensorBatch]) -> list[np.ndarray]:
         """Runs in the batcher's thread: one merged forward (chunked at ``max_batch_size`` rows)."""
@@ -121,7 +122,9 @@ class RakutenPredictor(contract.ContractModel):
         for start in range(0, merged.rows, step):
             stop = start + step
             images = merged.images[start:stop] if merged.images is not None else None
-            out.append(self._model.predict_tensors(merged.token_ids[start:stop], images, merged.image_mask[start:stop]))
+            texts = (merged.designations[start:stop], merged.descriptions[start:stop])
+            out.append(self._model.predict_tensors(merged.token_ids[start:stop], images, merged.image_mask[start:stop],
+                                                   texts))
         return split(np.concatenate(out) if len(out) > 1 else out[0], batches)
 
     async def predict(self, payload: _Call, headers: dict[str, str] | None = None) -> _Call:

@@ -41,6 +41,7 @@ def _positive(**values: float) -> None:
 class PredictorSettings:
     model_dir: str = DEFAULT_MODEL_DIR
     device: str = "auto"
+    precision: str | None = None  # the image backbone's numerics; None: RAKUTEN_PRECISION, else auto
     max_batch_size: int = 16
     max_batch_delay_ms: float = 5.0
     max_products: int = 64

@@ -61,6 +61,18 @@ def tiny_bundle(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
+def quality_bundle(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the quality configuration: chartfidf + image on EfficientNet-Lite0 (random weights, 32 px),
+    ensemble weights fitted out of fold (2 folds)."""
+    from rakuten_mm.config import TrainConfig
+    from rakuten_mm.training import train
+
+    cfg = TrainConfig(epochs_text=1, epochs_image=2, image_size=32, image_backbone="efficientnet_lite0",
+                      image_weights="none", members=("chartfidf", "image"), ensemble_folds=2, ensemble_step=0.1)
+    return Path(train(str(synth_data), str(tmp_path_factory.mktemp("quality") / "bundle"), cfg).bundle_uri)
+
+
+@pytest.fixture(scope="session")
 def moto_s3() -> Iterator[dict[str, str]]:
     """A real moto S3 server on a free loopback port; yields the environment that points boto3 at it."""
     port = free_port()

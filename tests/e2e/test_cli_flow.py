@@ -28,6 +28,12 @@ def test_train_prints_bundle_and_scores(flow):
     assert "held-out test: weighted F1" in trained.stdout
     assert "gate: " in trained.stdout  # the pipeline's register step ran
     assert (bundle / "manifest.json").is_file()
+    # The default console: a line per step start and end, not kfp.local's executor dumps; no colour codes in a pipe.
+    for step in ("preprocess", "train-lstm", "train-vgg16", "fit-ensemble", "evaluate", "register"):
+        assert f"{step}: started\n" in trained.stdout and f"\n{step}: SUCCESS in " in trained.stdout
+    assert "executor_input" not in trained.stdout and "\x1b" not in trained.stdout
+    assert "text epoch 1: train loss " in trained.stdout  # progress from inside a step
+    assert len(trained.stdout.splitlines()) <= 40
 
 
 def test_train_logged_to_mlflow(flow):

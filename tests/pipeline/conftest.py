@@ -80,8 +80,8 @@ def local_run(broken_runs_started: Started, synth_data: Path, tmp_path_factory: 
 @pytest.fixture(scope="session")
 def worse_s3_run(local_run: Run, synth_data: Path, moto_s3: dict[str, str],
                  tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """A second run into the same registry: shuffled labels from S3 (another data version), bundle to S3, text
-    member only, gate margin 0.5."""
+    """A second run into the same registry: shuffled labels from S3 (another data version), bundle to S3, the text
+    members only (LSTM + chartfidf, whose stage is one step) with out-of-fold ensemble weights, gate margin 0.5."""
     import boto3
 
     from pipelines.local_runner import run_local
@@ -95,6 +95,6 @@ def worse_s3_run(local_run: Run, synth_data: Path, moto_s3: dict[str, str],
     with state_dir(local_run.state):
         # Shuffled labels: the champion is scored on new rows where neither model can be good; a 0.5 margin, which
         # chance-level scores cannot clear, makes the outcome certain.
-        result = run_local(f"s3://{bucket}/data", out, replace(TINY, members=("text",)), min_improvement=0.5,
-                           quiet=True)
+        cfg = replace(TINY, members=("text", "chartfidf"), ensemble_folds=2)
+        result = run_local(f"s3://{bucket}/data", out, cfg, min_improvement=0.5, quiet=True)
     return Run(result, local_run.state, out)

@@ -129,8 +129,9 @@ def test_cli_predict_passes_its_options_and_prints_the_result(monkeypatch: pytes
     seen: dict[str, Any] = {}
 
     def fake(data: str, model: str, out: str, shards: int, options: Any, tracking_uri: Any, device: str,
-             quiet: bool) -> dict[str, Any]:
-        seen.update(data=data, model=model, out=out, shards=shards, options=options, device=device, quiet=quiet)
+             quiet: bool, verbose: bool) -> dict[str, Any]:
+        seen.update(data=data, model=model, out=out, shards=shards, options=options, device=device, quiet=quiet,
+                    verbose=verbose)
         return {"predictions_uri": out, "rows": 7, "bundle_sha256": "f" * 64, "model": "models:/m/3"}
 
     monkeypatch.setattr(local_runner, "predict_local", fake)
@@ -140,6 +141,7 @@ def test_cli_predict_passes_its_options_and_prints_the_result(monkeypatch: pytes
     assert "wrote 7 predictions to p.csv" in out and f"model: models:/m/3 (bundle sha256 {'f' * 64})" in out
     assert seen["model"] == "models:/rakuten-product-classifier@champion" and seen["shards"] == 2
     assert seen["options"].on_missing_image == "text-only" and seen["device"] == "cpu" and seen["quiet"]
+    assert not seen["verbose"]
 
 
 @pytest.mark.unit

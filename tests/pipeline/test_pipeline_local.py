@@ -133,7 +133,8 @@ def test_second_run_on_new_data_scores_the_champion_on_its_rows_and_keeps_it(wor
 def test_s3_data_in_and_s3_bundle_out(worse_s3_run: Run) -> None:
     assert worse_s3_run.result["bundle_uri"] == worse_s3_run.out
     model = load_bundle(worse_s3_run.out)  # downloaded from moto, checksums verified
-    assert model.config["ensemble"]["members"] == ["text"] and model.backbone is None
+    assert model.config["ensemble"]["members"] == ["text", "chartfidf"] and model.backbone is None
+    assert model.metrics["ensemble_fit"] == "out-of-fold (2 folds, log-loss)"  # OOF files crossed the steps
     params = mlflow_client(worse_s3_run.state).get_run(worse_s3_run.result["mlflow_run_id"]).data.params
     assert params["data_uri"].startswith("s3://") and params["bundle_uri"] == worse_s3_run.out
 

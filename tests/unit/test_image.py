@@ -132,8 +132,9 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped():
 
 
 @pytest.mark.parametrize(("size", "decoded"), [((4000, 3000), (500, 375)), ((2100, 1100), (525, 275)),
-                                               ((600, 600), (300, 300)), ((500, 500), (500, 500))])
-def test_large_jpegs_decode_at_a_reduced_scale_that_still_covers_the_canonical_size(size, decoded):
+                                               ((600, 600), (300, 300)), ((500, 500), (250, 250)),
+                                               ((448, 448), (224, 224)), ((447, 447), (447, 447))])
+def test_large_jpegs_decode_at_a_reduced_scale_that_keeps_both_sides_at_least_224(size, decoded):
     assert decode_image(_jpeg(size)).size == decoded
 
 
