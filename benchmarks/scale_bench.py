@@ -502,26 +502,29 @@ def report(entries: list[dict[str, Any]], assume: argparse.Namespace) -> None:
               f"{e['moto_peak_rss_mib']:,.0f} MiB; 1-min load average {e['load_before'][0]:.1f} before, "
               f"{e['load_after'][0]:.1f} after; step processes with OMP_NUM_THREADS={e.get('torch_threads', 2)}."
               + (f" {e['note']}" if e.get("note") else ""))
-    print("\n| step | products | wall s | peak RSS MiB | wall growth (products growth) | RSS growth | what |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| step | products | wall s | CPU s | peak RSS MiB | wall growth (products growth) | CPU growth "
+          "| RSS growth | what |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for step in STEPS:
         previous: dict[str, Any] | None = None
         for e in entries:
             r = e["steps"].get(step)
             if r is None:
                 continue
-            growth = rss_growth = "—"
+            growth = rss_growth = cpu_growth = "—"
             if previous is not None:
                 k = e["products"] / previous["products"]
                 growth = f"×{r['wall'] / previous['r']['wall']:.2f} (×{k:.2f})"
                 rss_growth = f"×{r['peak_rss_mib'] / previous['r']['peak_rss_mib']:.2f}"
+                cpu_growth = f"×{r['cpu'] / previous['r']['cpu']:.2f}"
             wall = f"{r['wall']:.1f}" + (" (extrapolated below)" if step == "vgg16" else "")
-            print(f"| {LABELS[step]} | {e['products']:,} | {wall} | {r['peak_rss_mib']:,.0f} | {growth} | "
-                  f"{rss_growth} | {_rate(step, r)} |")
+            print(f"| {LABELS[step]} | {e['products']:,} | {wall} | {r['cpu']:.1f} | {r['peak_rss_mib']:,.0f} | "
+                  f"{growth} | {cpu_growth} | {rss_growth} | {_rate(step, r)} |")
             previous = {"products": e["products"], "r": r}
     startup = [r["startup"] for e in entries for r in e["steps"].values()]
     print(f"\nWall s: the step's work inside its own process, after imports (each process's start-up, imports "
-          f"included, took {min(startup):.1f}–{max(startup):.1f} s more). Peak RSS: that process's `ru_maxrss` "
+          f"included, took {min(startup):.1f}–{max(startup):.1f} s more). CPU s: that work's CPU time in the step's "
+          f"process (all its threads; moto_server's is not in it). Peak RSS: that process's `ru_maxrss` "
           f"(`os.wait4`), moto_server not included (listed above).")
     biggest = [e for e in entries if not e.get("partial")][-1]
     uses = biggest["steps"]["transfer"].get("train_image_uses")

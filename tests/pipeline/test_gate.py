@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from pipeline_helpers import state_dir
 
-from rakuten_mm import data, registry, steps
+from rakuten_mm import registry, steps
+from rakuten_mm.data import load_prepared, preprocess
 from rakuten_mm.errors import ConfigError
 from rakuten_mm.tracking import Tracker, TrackingConfig
 from tests.unit.bundle_edits import edit_json
@@ -249,7 +250,7 @@ def _run(cfg: TrackingConfig) -> str:
 
 def _evaluate(data: Path, bundle: Path, tmp_path: Path, name: str, cfg: TrackingConfig) -> tuple[Path, str]:
     dataset, evaluation = tmp_path / f"{name}-dataset", tmp_path / f"{name}-evaluation"
-    data.preprocess(str(data), dataset)
+    preprocess(str(data), dataset)
     run_id = _run(cfg)
     steps.evaluate(str(dataset), str(bundle), str(evaluation), mlflow_run_id=run_id)
     return evaluation, run_id
@@ -272,7 +273,7 @@ def test_the_champion_is_scored_on_the_challengers_new_rows(registry_state: Trac
     evaluation, run_id = _evaluate(new, tiny_bundle, tmp_path, "new", cfg)
     result = json.loads((evaluation / steps.EVALUATION).read_text())
     compared = result["comparison"]
-    test_rows = len(data.load_prepared(tmp_path / "new-dataset").rows("test"))
+    test_rows = len(load_prepared(tmp_path / "new-dataset").rows("test"))
     assert compared["champion_version"] == "1" and compared["problem"] == ""
     assert compared["data_version"] != compared["champion_data_version"]
     assert compared["rows"] == test_rows == result["rows"] and compared["excluded_rows"] == 0
