@@ -472,9 +472,9 @@ def validate(root: str | os.PathLike[str], options: DataOptions = DataOptions(),
     with _opened(root, workers) as source:
         labelled = _labelled(source, options, KNOWN_CODES)
         make_splits(labelled.frame, seed=0)
-        lines = [labelled.report.summary()]
+        lines = ["labelled (train) rows: " + labelled.report.summary()]
         if source.has_file(X_TEST_NAMES):
-            lines.append(_unlabelled(source, options).report.summary())
+            lines.append("test rows (unlabelled): " + _unlabelled(source, options).report.summary())
     return "\n".join(lines)
 
 

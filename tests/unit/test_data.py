@@ -167,6 +167,12 @@ def test_validate_accepts_exactly_what_training_decodes(data, kind):
         assert load_labelled(data).frame.loc[x.index[2], "image"] == path.relative_to(data).as_posix()
 
 
+def test_validate_says_which_rows_are_labelled_and_which_are_test(synth_data):
+    lines = validate(synth_data).splitlines()
+    assert lines[0] == f"labelled (train) rows: {synth_data}: 160 rows"
+    assert lines[1] == f"test rows (unlabelled): {synth_data}: 40 rows"
+
+
 def test_parallel_and_serial_checks_agree(data):
     x = _x(data)
     for i, kind in enumerate(BAD_IMAGES):
