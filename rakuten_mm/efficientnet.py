@@ -146,7 +146,7 @@ def build_backbone(weights: str, seed: int = 0) -> nn.Module:
     elif weights != "none":
         from rakuten_mm.weights import load_state_file
 
-        _load_exact(model, load_state_file(weights, ALTERNATIVES), repr(weights))
+        _load_exact(model, load_state_file(weights, "EfficientNet-Lite0", ALTERNATIVES), repr(weights))
     return _freeze(model)
 
 

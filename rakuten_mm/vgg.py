@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from rakuten_mm import precision as precision_plan
 from rakuten_mm.errors import ImageWeightsUnavailable
 from rakuten_mm.image import ImagePreset, load_uint8_images
+from rakuten_mm.weights import load_state_file
 
 BACKBONE = "vgg16"
 FEATURE_DIM = 512  # VGG16's last conv block, global-average-pooled
@@ -34,24 +35,6 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
             "none (random initialisation), or PATH_OR_URI (a saved VGG16 state_dict, local or s3://)") from None
 
 
-def _file_state_dict(source: str) -> dict[str, torch.Tensor]:
-    from rakuten_mm import storage
-
-    try:
-        if storage.is_s3(source):
-            import tempfile
-
-            bucket, key = storage.split_s3(source)
-            with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
-                storage.s3_client().download_file(bucket, key, tmp.name)
-                return torch.load(tmp.name, map_location="cpu", weights_only=True)
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # missing file, botocore error, unpickling refusal: all mean "cannot load"
-        raise ImageWeightsUnavailable(
-            f"cannot load VGG16 weights from {source!r} ({type(exc).__name__}: {exc}); allowed --image-weights: "
-            "imagenet, none, or the path/s3 URI of a saved VGG16 state_dict") from None
-
-
 def build_backbone(weights: str, seed: int = 0) -> nn.Sequential:
     """VGG16's convolutional base + global average pooling, frozen, in eval mode → ``[B, 512]`` features."""
     torch.manual_seed(seed)  # `none` gives a seeded random base, so a rerun builds the same features
@@ -59,7 +42,8 @@ def build_backbone(weights: str, seed: int = 0) -> nn.Sequential:
     if weights == "imagenet":
         vgg.load_state_dict(_imagenet_state_dict())
     elif weights != "none":
-        state = _file_state_dict(weights)
+        state = load_state_file(weights, "VGG16", "allowed --image-weights: imagenet, none, or the path/s3 URI of a "
+                                                  "saved VGG16 state_dict")
         # Accept a whole VGG16 state_dict or one of its convolutional base only (keys "features.*" or bare).
         feats = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
         try:

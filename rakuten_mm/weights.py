@@ -12,9 +12,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def load_state_file(source: str, alternatives: str) -> dict[str, torch.Tensor]:
+def load_state_file(source: str, what: str, alternatives: str) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` of ``source`` (no pickled code); :class:`ImageWeightsUnavailable` naming
-    ``alternatives`` (the allowed ``--image-weights``) when it cannot be read."""
+    ``what`` (the backbone) and ``alternatives`` (the allowed ``--image-weights``) when it cannot be read."""
     import torch
 
     try:
@@ -25,5 +25,5 @@ def load_state_file(source: str, alternatives: str) -> dict[str, torch.Tensor]:
                 return torch.load(tmp.name, map_location="cpu", weights_only=True)
         return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # missing file, botocore error, unpickling refusal: all mean "cannot load"
-        raise ImageWeightsUnavailable(f"cannot load image backbone weights from {source!r} "
+        raise ImageWeightsUnavailable(f"cannot load {what} weights from {source!r} "
                                       f"({type(exc).__name__}: {exc}); {alternatives}") from None
