@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rakuten_mm.errors import ConfigError
+from rakuten_mm.env import int_setting
 
 if TYPE_CHECKING:
     import torch
@@ -83,14 +83,7 @@ def decode_workers(value: int | str | None = None) -> int:
     raw = value if value is not None else os.environ.get(WORKERS_ENV, "").strip() or None
     if raw is None:
         return available_cpus()
-    try:
-        number = int(str(raw).strip())
-    except ValueError:
-        number = 0
-    if not 1 <= number <= MAX_WORKERS:
-        raise ConfigError(f"{WORKERS_ENV} (image decoding threads) must be an integer from 1 to {MAX_WORKERS}, "
-                          f"got {raw!r}")
-    return number
+    return int_setting(raw, WORKERS_ENV, "image decoding threads", MAX_WORKERS)
 
 
 def _indices(index: Any, length: int) -> tuple[list[int], bool]:

@@ -57,7 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rakuten_mm.errors import ConfigError, StorageError
+from rakuten_mm.env import int_setting
+from rakuten_mm.errors import StorageError
 
 S3_PREFIX = "s3://"
 POINTER = "current.json"  # the publish pointer: {"format": 1, "version": "<id>"}
@@ -106,14 +107,7 @@ def transfer_concurrency(value: int | str | None = None) -> int:
     :class:`ConfigError` for anything but an integer from 1 to :data:`MAX_CONCURRENCY`.
     """
     raw = value if value is not None else os.environ.get(CONCURRENCY_ENV) or DEFAULT_CONCURRENCY
-    try:
-        number = int(str(raw).strip())
-    except ValueError:
-        number = 0
-    if not 1 <= number <= MAX_CONCURRENCY:
-        raise ConfigError(f"{CONCURRENCY_ENV} (concurrent S3 requests per transfer) must be an integer from 1 to "
-                          f"{MAX_CONCURRENCY}, got {raw!r}")
-    return number
+    return int_setting(raw, CONCURRENCY_ENV, "concurrent S3 requests per transfer", MAX_CONCURRENCY)
 
 
 def transfer_client(concurrency: int) -> Any:
