@@ -16,9 +16,10 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-vectors.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-vectors.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -22,6 +22,7 @@ def preprocess(
     val_fraction: float,
     test_fraction: float,
     max_tokens: int,
+    text_vectors: str,
     ensemble_step: float,
     ensemble_folds: int,
     on_bad_rows: str,

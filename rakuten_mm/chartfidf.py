@@ -12,6 +12,13 @@ through a softmax with one temperature, fitted by minimising the log-loss of 3-f
 values (so the ensemble sees calibrated probabilities, not margins). It reads raw text, which the predictor
 receives. Saved as plain arrays (``chartfidf.npz``: vocabularies, idf, coefficients, temperature; loaded with
 ``allow_pickle=False``) and rebuilt into sklearn objects: nothing executable.
+
+With ``--text-vectors`` two dense blocks follow the TF-IDF ones: the mean of the pretrained vectors of the words of
+the whole text and of the designation, each scaled to unit length (weight 1 against the unit-length TF-IDF rows).
+The file then also keeps the whole table in float16 (``vec_keys``, ``vec_rows``, ``vec_matrix``), so serving needs
+no other source, and words no training row contained still count: that is where the vectors help. On the real
+sample (3 seeds of the 75/25 split) they lift the member from 0.594 to 0.626 weighted F1 (0.599 with only the
+training rows' words kept): word similarity learnt from billions of French words, which 576 rows cannot teach.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.svm import LinearSVC
 
-from rakuten_mm.text import CleaningSettings, clean_text
+from rakuten_mm.text import CleaningSettings, clean_text, tokenize
+from rakuten_mm.vectors import WordVectors
 
 # (field, analyzer, n-gram range) of each TF-IDF block, in feature order.
 BLOCKS: tuple[tuple[str, str, tuple[int, int]], ...] = (
@@ -80,24 +88,47 @@ def _temperature(decisions: np.ndarray, y: np.ndarray, classes: np.ndarray) -> f
     return float(np.exp(minimize_scalar(loss, bounds=(np.log(0.1), np.log(100.0)), method="bounded").x))
 
 
+def pooled(vectors: WordVectors, texts: list[str]) -> np.ndarray:
+    """Each text's mean word vector (over its words ``vectors`` knows), unit length; zeros for a text without one."""
+    tokens = [tokenize(text) for text in texts]
+    table, found = vectors.lookup([tok for row in tokens for tok in row])
+    out = np.zeros((len(texts), vectors.dim), dtype=np.float32)
+    start = 0
+    for i, row in enumerate(tokens):
+        hit = found[start:start + len(row)]
+        if hit.any():
+            out[i] = table[start:start + len(row)][hit].mean(axis=0)
+        start += len(row)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+
+
+VECTOR_FIELDS = ("all", "title")
+
+
 class CharTfidfMember:
-    """TF-IDF blocks (:data:`BLOCKS`) + LinearSVC + softmax temperature; ``predict_proba`` covers ``num_classes``."""
+    """TF-IDF blocks (:data:`BLOCKS`), optional pooled word vectors (:data:`VECTOR_FIELDS`), LinearSVC and a softmax
+    temperature; ``predict_proba`` covers ``num_classes``."""
 
     def __init__(self, vectorizers: list[TfidfVectorizer], classifier: LinearSVC, temperature: float,
-                 num_classes: int) -> None:
+                 num_classes: int, vectors: WordVectors | None = None) -> None:
         self.vectorizers, self.classifier = vectorizers, classifier
-        self.temperature, self.num_classes = temperature, num_classes
+        self.temperature, self.num_classes, self.vectors = temperature, num_classes, vectors
 
     def features(self, texts: dict[str, list[str]]) -> sparse.csr_matrix:
-        return sparse.hstack([v.transform(texts[field]) for v, (field, _, _) in zip(self.vectorizers, BLOCKS,
-                                                                                       strict=True)]).tocsr()
+        blocks = [v.transform(texts[field]) for v, (field, _, _) in zip(self.vectorizers, BLOCKS, strict=True)]
+        if self.vectors is not None:
+            blocks += [sparse.csr_matrix(pooled(self.vectors, texts[field])) for field in VECTOR_FIELDS]
+        return sparse.hstack(blocks).tocsr()
 
     @classmethod
     def fit(cls, texts: dict[str, list[str]], y: np.ndarray, num_classes: int, c: float = 1.0,
-            seed: int = 0) -> CharTfidfMember:
-        """Fit on :func:`fields` output and integer labels ``y`` (class indices below ``num_classes``)."""
+            seed: int = 0, vectors: WordVectors | None = None) -> CharTfidfMember:
+        """Fit on :func:`fields` output and integer labels ``y`` (class indices below ``num_classes``); with
+        ``vectors``, add the pooled word-vector blocks."""
         vectorizers = [_vectorizer(analyzer, ngrams).fit(texts[field]) for field, analyzer, ngrams in BLOCKS]
-        member = cls(vectorizers, LinearSVC(C=c, class_weight="balanced"), 1.0, num_classes)
+        if vectors is not None:  # the float16 copy the bundle keeps, so training sees what serving will
+            vectors = WordVectors(vectors.source, vectors.keys, vectors.rows, vectors.matrix.astype(np.float16))
+        member = cls(vectorizers, LinearSVC(C=c, class_weight="balanced"), 1.0, num_classes, vectors)
         x = member.features(texts)
         y = np.asarray(y)
         counts = np.bincount(np.unique(y, return_inverse=True)[1])
@@ -128,6 +159,9 @@ class CharTfidfMember:
             vocab = v.vocabulary_
             arrays[f"terms_{i}"] = np.array(sorted(vocab, key=vocab.__getitem__), dtype=str)
             arrays[f"idf_{i}"] = v.idf_
+        if self.vectors is not None:
+            arrays |= {"vec_keys": self.vectors.keys, "vec_rows": self.vectors.rows.astype(np.int32),
+                       "vec_matrix": self.vectors.matrix}
         arrays |= {"coef": self.classifier.coef_.astype(np.float32), "intercept": self.classifier.intercept_,
                    "classes": self.classifier.classes_, "temperature": np.array(self.temperature),
                    "num_classes": np.array(self.num_classes)}
@@ -162,6 +196,21 @@ class CharTfidfMember:
             if idf.shape != terms.shape or idf.dtype.kind != "f" or not np.isfinite(idf).all():
                 raise ValueError(f"idf_{i} must be {len(terms)} finite floats, got {idf.dtype} {list(idf.shape)}")
             width += len(terms)
+        vec = {"vec_keys", "vec_rows", "vec_matrix"}
+        if vec & set(arrays) and not vec <= set(arrays):
+            raise ValueError(f"arrays {sorted(vec)} come together or not at all, got {sorted(vec & set(arrays))}")
+        if vec <= set(arrays):
+            keys, rows, matrix = arrays["vec_keys"], arrays["vec_rows"], arrays["vec_matrix"]
+            if keys.ndim != 1 or keys.dtype != np.uint64 or rows.shape != keys.shape or rows.dtype.kind not in "iu":
+                raise ValueError(f"vec_keys must be 1-d uint64 and vec_rows integers of the same length, got "
+                                 f"{keys.dtype} {list(keys.shape)} and {rows.dtype} {list(rows.shape)}")
+            if matrix.ndim != 2 or not 1 <= matrix.shape[1] <= 1024 or matrix.dtype.kind != "f" \
+                    or not np.isfinite(matrix).all():
+                raise ValueError(f"vec_matrix must be finite floats of shape [N, 1..1024], got {matrix.dtype} "
+                                 f"{list(matrix.shape)}")
+            if len(rows) and not 0 <= rows.min() <= rows.max() < len(matrix):
+                raise ValueError(f"vec_rows must index vec_matrix's {len(matrix)} rows")
+            width += len(VECTOR_FIELDS) * matrix.shape[1]
         rows = len(classes) if len(classes) > 2 else 1
         for key, shape in (("coef", (rows, width)), ("intercept", (rows,))):
             array = arrays[key]
@@ -180,4 +229,6 @@ class CharTfidfMember:
             classifier = LinearSVC()
             classifier.coef_, classifier.intercept_ = arrays["coef"].astype(np.float64), arrays["intercept"]
             classifier.classes_ = arrays["classes"]
-            return cls(vectorizers, classifier, float(arrays["temperature"]), int(arrays["num_classes"]))
+            vectors = WordVectors("bundle", arrays["vec_keys"], arrays["vec_rows"], arrays["vec_matrix"]) \
+                if "vec_keys" in arrays.files else None
+            return cls(vectorizers, classifier, float(arrays["temperature"]), int(arrays["num_classes"]), vectors)

