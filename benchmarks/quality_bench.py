@@ -47,8 +47,9 @@ from rakuten_mm.chartfidf import CharTfidfMember, fields
 from rakuten_mm.ensemble import combine
 from rakuten_mm.fitting import fit, predict_proba
 from rakuten_mm.labels import LabelMap
-from rakuten_mm.text import CleaningSettings, TextClassifier, TextModelConfig, Vocabulary, clean_text, tokenize
+from rakuten_mm.text import CleaningSettings, Vocabulary, clean_text, tokenize
 from rakuten_mm.tfidf import TfidfMember
+from rakuten_mm.training import text_model
 from rakuten_mm.vgg import ImageHead
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "rakuten-real"
@@ -155,12 +156,7 @@ class Members:
         inner, stop = _early_stop_split(train, self.y, self.seed)
         vocab = Vocabulary.build([self.texts[i] for i in inner])
         torch.manual_seed(self.seed)
-        model = TextClassifier(TextModelConfig(vocab_size=len(vocab), num_classes=self.c,
-                                               **({"embed_dim": table.dim} if table else {})))
-        if table is not None:  # as rakuten_mm.training does for --text-vectors
-            with torch.no_grad():
-                model.embedding.weight.copy_(torch.from_numpy(vectors.embedding_matrix(vocab.itos, table,
-                                                                                       self.seed)[0]))
+        model = text_model(vocab, self.c, table, self.seed)[0]  # as training builds it, --text-vectors included
         ids = {k: torch.from_numpy(self._ids(vocab, r)) for k, r in (("i", inner), ("s", stop), ("p", predict))}
         fit(model, ids["i"], self.y[inner], ids["s"], self.y[stop], num_classes=self.c, epochs=self.epochs_text,
             device=torch.device("cpu"), seed=self.seed, batch_size=16, lr=5e-3, name="text")

@@ -101,9 +101,8 @@ def _train_lstm(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir
     texts = {s: _clean(rows[s], cleaning) for s in SPLITS}
     vocab = Vocabulary.build(texts["train"])
     ids = {s: torch.from_numpy(vocab.encode_batch(texts[s], cleaning.max_tokens)) for s in SPLITS}
-    model_cfg = TextModelConfig(vocab_size=len(vocab), num_classes=len(labels), embed_dim=_embed_dim(table))
-    model = TextClassifier(model_cfg)
-    coverage = _pretrained(model, vocab, table, cfg.seed)
+    model, coverage = text_model(vocab, len(labels), table, cfg.seed)
+    model_cfg = model.cfg
     result = fit(model, ids["train"], y["train"], ids["val"], y["val"], num_classes=len(labels),
                  epochs=cfg.epochs_text, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=5e-3, name=TEXT,
                  on_epoch=on_epoch)
@@ -123,9 +122,7 @@ def _train_lstm(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir
             # Each fold's own vocabulary and model, for the epoch count the full fit chose (no rows to stop on).
             fold_vocab = Vocabulary.build([fit_texts[i] for i in train])
             fold_ids = torch.from_numpy(fold_vocab.encode_batch(fit_texts, cleaning.max_tokens))
-            fold_model = TextClassifier(TextModelConfig(vocab_size=len(fold_vocab), num_classes=len(labels),
-                                                        embed_dim=_embed_dim(table)))
-            _pretrained(fold_model, fold_vocab, table, cfg.seed)
+            fold_model = text_model(fold_vocab, len(labels), table, cfg.seed)[0]
             torch.manual_seed(cfg.seed)
             fit(fold_model, fold_ids[train], y_fit[train], fold_ids[:0], y_fit[:0], num_classes=len(labels),
                 epochs=result.best_epoch, device=device, seed=cfg.seed, batch_size=cfg.batch_size, lr=5e-3,
@@ -151,19 +148,17 @@ def _train_lstm(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir
     return score(y["val"], probs["val"], labels)
 
 
-def _embed_dim(table: vectors.WordVectors | None) -> int:
-    """The table's width, or the model's own default without one."""
-    return table.dim if table is not None else TextModelConfig(vocab_size=1, num_classes=1).embed_dim
-
-
-def _pretrained(model: TextClassifier, vocab: Vocabulary, table: vectors.WordVectors | None, seed: int) -> float:
-    """Copy ``table``'s vectors into the model's embeddings (they then train with it); the vocabulary's coverage."""
+def text_model(vocab: Vocabulary, num_classes: int, table: vectors.WordVectors | None,
+               seed: int) -> tuple[TextClassifier, float]:
+    """A new LSTM for ``vocab``; with ``table`` (``--text-vectors``) its embeddings are the table's width and start
+    from its vectors (they then train with the model). Also returns the share of the vocabulary the table covers."""
     if table is None:
-        return 0.0
+        return TextClassifier(TextModelConfig(vocab_size=len(vocab), num_classes=num_classes)), 0.0
+    model = TextClassifier(TextModelConfig(vocab_size=len(vocab), num_classes=num_classes, embed_dim=table.dim))
     matrix, coverage = vectors.embedding_matrix(vocab.itos, table, seed)
     with torch.no_grad():
         model.embedding.weight.copy_(torch.from_numpy(matrix))
-    return coverage
+    return model, coverage
 
 
 def _train_chartfidf(rows: dict[str, pd.DataFrame], y: dict[str, np.ndarray], out_dir: Path, cfg: TrainConfig,
