@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rakuten_mm import process_exit
 from rakuten_mm.errors import RakutenError
 
 # Sub-commands with their own parser: name → module whose ``main(argv)`` handles it.
@@ -227,6 +228,7 @@ COMMANDS = {"synth": cmd_synth, "validate": cmd_validate, "train": cmd_train, "e
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    process_exit.skip_final_collection()  # ~2 s less at exit once torch and MLflow are loaded
     try:
         if argv and argv[0] in FORWARDED:
             module = importlib.import_module(FORWARDED[argv[0]])

@@ -274,7 +274,33 @@ def verify(root: Path) -> dict[str, Any]:
         raise BundleError(f"cannot read bundle {root}: {exc}") from None
 
 
-def _verify(root: Path) -> dict[str, Any]:
+def verify_files(root: Path) -> dict[str, Any]:
+    """:func:`verify` without the files' meaning: the manifest, the directory and every checksum; return the
+    parsed ``config.json``. For steps that hand a bundle on without loading it (the checks of
+    :func:`check_contents` import torch and scikit-learn); whatever loads it later runs :func:`verify`."""
+    root = Path(root)
+    try:
+        return _verify(root, contents=False)
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {root}: {exc}") from None
+
+
+def verify_unchanged(root: Path, manifest_sha256: str) -> dict[str, Any]:
+    """Check that ``root`` is, file for file, the bundle :func:`verify` passed when its manifest's sha256 was
+    ``manifest_sha256`` (then :func:`verify_files`), and return its ``config.json``. For a later step of the same
+    run (register after evaluate), which need not check the files' meaning again."""
+    root = Path(root)
+    try:
+        actual = sha256(root / MANIFEST)
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {root}: {exc}") from None
+    if actual != manifest_sha256:
+        raise BundleError(f"bundle {root} changed after it was verified: its {MANIFEST} has sha256 {actual}, "
+                          f"the verified one had {manifest_sha256}")
+    return verify_files(root)
+
+
+def _verify(root: Path, contents: bool = True) -> dict[str, Any]:
     if (root / storage.POINTER).is_file():
         raise BundleError(f"{root} holds a publish pointer ({storage.POINTER}), not a bundle: load it through "
                           "rakuten_mm.storage.local_copy, which follows the pointer")
@@ -291,7 +317,8 @@ def _verify(root: Path) -> dict[str, Any]:
         if sha256(present[name]) != digest:
             raise BundleError(f"bundle {root} was modified: checksum of {name} does not match the manifest")
     config = _strict_json(root / CONFIG, f"{root / CONFIG}")
-    check_contents(root, config, set(listed))
+    if contents:
+        check_contents(root, config, set(listed))
     result: dict[str, Any] = config
     return result
 

@@ -98,6 +98,9 @@ def test_the_resampled_weighted_f1_is_sklearns_with_row_counts() -> None:
     counts = np.random.default_rng(1).multinomial(len(y), np.full(len(y), 1 / len(y)), size=5).astype(float)
     expected = [f1_score(y, pred, average="weighted", sample_weight=c, zero_division=0) for c in counts]
     np.testing.assert_allclose(registry.resampled_weighted_f1(y, pred, counts), expected, rtol=1e-12)
+    # The gate's single figures (register loads no scikit-learn) are the same metric.
+    assert registry.weighted_f1(y, pred) == pytest.approx(f1_score(y, pred, average="weighted", zero_division=0),
+                                                          rel=1e-12)
 
 
 @pytest.mark.unit

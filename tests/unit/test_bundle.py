@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rakuten_mm import storage
-from rakuten_mm.bundle import MANIFEST, config_schema, verify
+from rakuten_mm.bundle import MANIFEST, config_schema, sha256, verify, verify_unchanged
 from rakuten_mm.data import load_labelled
 from rakuten_mm.errors import BundleError
 from rakuten_mm.inference import predict_rows
@@ -94,6 +94,26 @@ def test_valid_weights_resaved_under_the_old_manifest_are_refused(bundle_copy):
         load_bundle(bundle_copy)
     rehash(bundle_copy)  # with the manifest recomputed they are a different, valid bundle
     assert load_bundle(bundle_copy).image_head is not None
+
+
+def test_a_bundle_changed_after_it_was_verified_is_refused_file_for_file(bundle_copy):
+    # What register checks: the bundle evaluate verified, by its manifest's digest, then every file's checksum.
+    verified = sha256(bundle_copy / MANIFEST)
+    assert verify_unchanged(bundle_copy, verified)["ensemble"]["members"]
+    state = torch.load(bundle_copy / "image_head.pt", weights_only=True)
+    state["net.5.bias"] = state["net.5.bias"] + 1.0
+    (bundle_copy / "image_head.pt").unlink()  # a new file: the copy may share the old one as a hard link
+    torch.save(state, bundle_copy / "image_head.pt")
+    with pytest.raises(BundleError, match="checksum of image_head.pt does not match"):
+        verify_unchanged(bundle_copy, verified)
+    rehash(bundle_copy)  # valid again as a bundle, but no longer the one that was verified
+    verify(bundle_copy)
+    with pytest.raises(BundleError, match=f"changed after it was verified: its {MANIFEST} has sha256 [0-9a-f]{{64}}, "
+                                          f"the verified one had {verified}"):
+        verify_unchanged(bundle_copy, verified)
+    (bundle_copy / MANIFEST).unlink()
+    with pytest.raises(BundleError, match="cannot read bundle"):
+        verify_unchanged(bundle_copy, verified)
 
 
 def test_tampered_config_is_refused(bundle_copy):
