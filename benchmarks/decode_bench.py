@@ -12,7 +12,9 @@ CPUs available to the process (batches of 32, the next one prefetched: what feat
 
 Figures: wall-clock images/s, and images per CPU-second of the process (``per core``: unlike wall time it does
 not depend on what else the machine runs). ``cores busy`` = CPU seconds / wall seconds. Also the mean absolute
-pixel difference after/before (uint8 levels at 224 px).
+pixel difference after/before (uint8 levels at 224 px), and where one image's CPU time goes, stage by stage
+(single thread, best of the rounds): the JPEG decode in full and at the DCT scale ``after`` uses, the canonical
+resize (Pillow, what the serving transformer runs) and the preset resize (torch, what the predictor runs).
 
     python benchmarks/decode_bench.py [--images N] [--rounds R] [--workers W]
 """
@@ -24,6 +26,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +71,37 @@ def pooled(paths: list[Path], preset: ImagePreset, workers: int) -> None:
             images[key]
             if i + 1 < len(keys):
                 images.prefetch(keys[i + 1])
+
+
+def stages(paths: list[Path], preset: ImagePreset, rounds: int) -> dict[str, float]:
+    """CPU milliseconds per image of each stage of ``load_image_file``, single thread, best of ``rounds``."""
+    from PIL import Image
+
+    blobs = [path.read_bytes() for path in paths]
+
+    def full(blob: bytes) -> object:
+        with draft_side(image.CANONICAL_SIZE):
+            return image.decode_image(blob)
+
+    decoded = [image.decode_image(blob) for blob in blobs]
+    canonical = [image.to_canonical(img) for img in decoded]
+    steps: dict[str, tuple[Callable[[Any], object], list[Any]]] = {
+        "JPEG decode, full size (before)": (full, blobs),
+        "JPEG decode, DCT-scaled to ≥ 224 px (after)": (image.decode_image, blobs),
+        "canonical resize → 256 px (Pillow, antialiased bilinear)": (image.to_canonical, decoded),
+        "preset resize 256 → 224 px (torch, antialiased bilinear)": (lambda c: preset.resize(c[None]), canonical),
+        "(for scale) Image.resize to 256 px, nearest neighbour": (
+            lambda img: img.resize((256, 256), Image.Resampling.NEAREST), decoded),
+    }
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, (fn, items) in steps.items():
+            cpu = time.process_time()
+            for item in items:
+                fn(item)
+            ms = 1000 * (time.process_time() - cpu) / len(items)
+            best[name] = min(best.get(name, ms), ms)
+    return best
 
 
 def measure(run: Callable[[], None]) -> tuple[float, float]:
@@ -124,6 +158,10 @@ def main() -> None:
     ratio = per_core["after, 1 thread"] / per_core["before, 1 thread"]
     print(f"\nper core, after / before: **{ratio:.2f}×**; mean |after − before| pixel difference at 224 px: "
           f"{np.abs(after - before).mean():.2f} of 255 levels (100 images)")
+    print("\n| stage (one thread) | CPU ms per image, best of the rounds |")
+    print("|---|---|")
+    for name, ms in stages(paths, preset, args.rounds).items():
+        print(f"| {name} | {ms:.2f} |")
 
 
 if __name__ == "__main__":
