@@ -267,40 +267,35 @@ def verify(root: Path) -> dict[str, Any]:
     against the modules the config describes, ``tfidf.npz``'s and ``chartfidf.npz``'s arrays. What passes loads
     without surprises.
     """
-    root = Path(root)
-    try:
-        return _verify(root)
-    except OSError as exc:  # unreadable directory or file (permissions, I/O): the bundle cannot be used
-        raise BundleError(f"cannot read bundle {root}: {exc}") from None
+    return _readable(Path(root), contents=True)
 
 
 def verify_files(root: Path) -> dict[str, Any]:
     """:func:`verify` without the files' meaning: the manifest, the directory and every checksum; return the
     parsed ``config.json``. For steps that hand a bundle on without loading it (the checks of
     :func:`check_contents` import torch and scikit-learn); whatever loads it later runs :func:`verify`."""
-    root = Path(root)
-    try:
-        return _verify(root, contents=False)
-    except OSError as exc:
-        raise BundleError(f"cannot read bundle {root}: {exc}") from None
+    return _readable(Path(root), contents=False)
 
 
 def verify_unchanged(root: Path, manifest_sha256: str) -> dict[str, Any]:
     """Check that ``root`` is, file for file, the bundle :func:`verify` passed when its manifest's sha256 was
     ``manifest_sha256`` (then :func:`verify_files`), and return its ``config.json``. For a later step of the same
     run (register after evaluate), which need not check the files' meaning again."""
-    root = Path(root)
+    return _readable(Path(root), contents=False, manifest_sha256=manifest_sha256)
+
+
+def _readable(root: Path, contents: bool, manifest_sha256: str | None = None) -> dict[str, Any]:
+    """:func:`_verify`, after the manifest's digest when one is given; unreadable files are a :class:`BundleError`."""
     try:
-        actual = sha256(root / MANIFEST)
-    except OSError as exc:
+        if manifest_sha256 is not None and (actual := sha256(root / MANIFEST)) != manifest_sha256:
+            raise BundleError(f"bundle {root} changed after it was verified: its {MANIFEST} has sha256 {actual}, "
+                              f"the verified one had {manifest_sha256}")
+        return _verify(root, contents)
+    except OSError as exc:  # unreadable directory or file (permissions, I/O): the bundle cannot be used
         raise BundleError(f"cannot read bundle {root}: {exc}") from None
-    if actual != manifest_sha256:
-        raise BundleError(f"bundle {root} changed after it was verified: its {MANIFEST} has sha256 {actual}, "
-                          f"the verified one had {manifest_sha256}")
-    return verify_files(root)
 
 
-def _verify(root: Path, contents: bool = True) -> dict[str, Any]:
+def _verify(root: Path, contents: bool) -> dict[str, Any]:
     if (root / storage.POINTER).is_file():
         raise BundleError(f"{root} holds a publish pointer ({storage.POINTER}), not a bundle: load it through "
                           "rakuten_mm.storage.local_copy, which follows the pointer")
